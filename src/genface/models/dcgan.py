@@ -1,0 +1,105 @@
+"""DCGAN: adversarial training of a generator and a discriminator with manual optimisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss
+from genface.models.base import GenerativeModule
+
+
+class DCGAN(GenerativeModule):
+    """Unconditional GAN (Radford et al. 2016; seed 001's DLStudio DG1 recipe by config).
+
+    `generator`, `discriminator` and the optimisers are Hydra configs (plain dicts) rather than built
+    objects, so that `load_from_checkpoint` can rebuild the model from its saved hyper-parameters.
+    One training step = `d_steps` discriminator updates, then one generator update.
+    """
+
+    def __init__(
+        self,
+        generator: dict[str, Any],
+        discriminator: dict[str, Any],
+        optimizer_g: dict[str, Any],
+        optimizer_d: dict[str, Any],
+        loss: str = "bce",
+        d_steps: int = 1,
+        ema_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in GAN_LOSSES:
+            raise ValueError(f"model.loss={loss!r} is not allowed; allowed: {', '.join(GAN_LOSSES)}")
+        if d_steps < 1:
+            raise ValueError(f"model.d_steps must be >= 1, got {d_steps}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = instantiate(generator)
+        self.discriminator = instantiate(discriminator)
+        if ema_decay:
+            self.enable_ema(ema_decay)
+
+    # ----- Generative contract --------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        g = self.generator
+        return (g.channels, g.resolution, g.resolution)
+
+    def _generate(self, latents: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.generator(latents)
+
+    # ----- training -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_g = instantiate(self.hparams.optimizer_g)(params=self.generator.parameters())
+        opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
+        return [opt_g, opt_d]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        real, _ = batch
+        opt_g, opt_d = self.optimizers()
+        kind = self.hparams.loss
+        n = real.size(0)
+
+        self.toggle_optimizer(opt_d)
+        for _ in range(self.hparams.d_steps):
+            with torch.no_grad():
+                fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
+            real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+            loss_d = discriminator_loss(kind, real_logits, fake_logits)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        self.toggle_optimizer(opt_g)
+        fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
+        loss_g = generator_loss(kind, self.discriminator(fake))
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+        self.update_ema()
+
+        self.log_dict(
+            {
+                "train/loss_d": loss_d.detach(),
+                "train/loss_g": loss_g.detach(),
+                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
+                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
+            },
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+        )
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """How confidently D accepts held-out real images: a cheap over-fitting signal beside FID."""
+        real, _ = batch
+        self.log("val/d_real", torch.sigmoid(self.discriminator(real)).mean(), batch_size=real.size(0), sync_dist=True)

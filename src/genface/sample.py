@@ -1,0 +1,31 @@
+"""`genface sample ckpt=PATH n=N out=DIR`: samples of a trained generator to disk."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from genface.analysis.sampling import sample_to_disk
+from genface.config import CONF_DIR
+from genface.models import load_generative
+
+log = logging.getLogger("genface.sample")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
+def main(cfg: DictConfig) -> None:
+    if not cfg.get("ckpt"):
+        raise ValueError("genface sample needs ckpt=PATH (a checkpoint written by genface train)")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_generative(cfg.ckpt, map_location=device)
+    out = Path(cfg.out)
+    meta = sample_to_disk(model, out, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
+    log.info("wrote %d samples of %s to %s (images/, latents.npy, grid.png)", meta["n"], meta["model"], out)
+
+
+if __name__ == "__main__":
+    main()

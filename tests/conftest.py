@@ -1,0 +1,37 @@
+"""Shared fixtures: compose configs the way the entry points do, on tiny data in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from genface.config import CONF_DIR
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_cfg(config_name: str, overrides: Sequence[str], tmp_path) -> DictConfig:
+    """The composed config of `genface <config_name> overrides...`, with every path inside tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[f"paths.data_dir={tmp_path}/data", f"paths.log_dir={tmp_path}/logs", *overrides],
+            return_hydra_config=False,
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def compose_train(tmp_path):
+    return lambda *overrides: compose_cfg("train", overrides, tmp_path)
