@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     elif os.environ.get(_ENV) in COMMANDS and os.environ.get("LOCAL_RANK"):
         command = os.environ[_ENV]
     else:
-        print(usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
-        raise SystemExit(0 if args and args[0] in ("-h", "--help") else 2)
+        asked = bool(args) and args[0] in ("-h", "--help")
+        print(usage(), file=sys.stdout if asked else sys.stderr)
+        raise SystemExit(0 if asked else 2)
     os.environ[_ENV] = command
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"{argv[0]}", *args]
