@@ -1,0 +1,38 @@
+"""Shared bits of the benchmark scripts: machine description, timing, result records."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).parent / "out"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU"
+
+
+def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Minimum wall time over repeats: the least disturbed measurement on a shared machine."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def record(name: str, result: dict) -> dict:
+    result = {"benchmark": name, "date": date.today().isoformat(), "machine": machine(), **result}
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
