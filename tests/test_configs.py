@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_helpers import write_celeba_folder, write_image_folder
 from hydra.utils import instantiate
 
+from data_helpers import write_celeba_folder, write_image_folder
 from genface.config import CONF_DIR, instantiate_group
 
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "metrics", "debug")

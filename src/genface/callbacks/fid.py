@@ -1,0 +1,142 @@
+"""FID/KID during training: fixed latents, real statistics cached on disk, DDP-aware, protocol recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from genface.metrics.evaluate import generate_fake_batches
+from genface.metrics.extractors import build_extractor
+from genface.metrics.fid import FIDKID
+from genface.metrics.stats import RealStats, load_or_compute_real_stats
+from genface.models.base import GenerativeModule
+
+PROTOCOL_FILE = "fid_protocol.json"
+
+
+class FIDCallback(pl.Callback):
+    """Logs `val/fid`, `val/kid_mean`, `val/kid_std` every `every_n_epochs` epochs and after the last.
+
+    Each rank generates its share of `n_fake` samples from latents seeded `seed + rank` (the same
+    samples at every evaluation, so curves compare weights, not luck); the metric sums the feature
+    statistics across ranks and every rank computes the same global value. Real statistics of the
+    datamodule's `real_split` (first `n_real` images) are computed once into `cache_dir` (default
+    `<default_root_dir>/fid_cache`). Extractor, protocol and N go to `fid_protocol.json` in the run directory
+    and to the loggers' hyper-parameters, so every number says how it was measured. `last_values` keeps
+    the latest result at full precision (loggers store float32).
+    """
+
+    def __init__(
+        self,
+        extractor: str = "inception",
+        extractor_path: str | None = None,
+        n_fake: int = 2048,
+        n_real: int = 2048,
+        every_n_epochs: int = 1,
+        batch_size: int = 64,
+        real_split: str = "val",
+        kid_subset_size: int = 100,
+        allow_low_n: bool = False,
+        cache_dir: str | None = None,
+        seed: int = 1234,
+    ) -> None:
+        if n_fake < 2 or n_real < 2 or every_n_epochs < 1 or batch_size < 1:
+            raise ValueError("metrics.fid: n_fake and n_real must be >= 2, every_n_epochs and batch_size >= 1")
+        self.extractor_name = extractor
+        self.extractor_path = extractor_path
+        self.n_fake = n_fake
+        self.n_real = n_real
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.real_split = real_split
+        self.kid_subset_size = kid_subset_size
+        self.allow_low_n = allow_low_n
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.metric: FIDKID | None = None
+        self._real: RealStats | None = None
+        self._recorded: dict | None = None
+        self.last_values: dict[str, float | int] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, GenerativeModule):
+            raise TypeError(f"FIDCallback needs a GenerativeModule, got {type(pl_module).__name__}")
+        if self.n_fake < trainer.world_size:
+            raise ValueError(f"metrics.fid.n_fake={self.n_fake} is below the number of ranks ({trainer.world_size})")
+        if self.metric is None:
+            extractor = build_extractor(self.extractor_name, self.extractor_path)
+            self.metric = FIDKID(extractor, kid_subset_size=self.kid_subset_size, allow_low_n=self.allow_low_n)
+        # Fail before training rather than at the first evaluation (the real split may still turn out smaller).
+        self.metric.check_n("fake", self.n_fake)
+        self.metric.check_n("real", self.n_real)
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch
+        last_epoch = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        return last_epoch or last_step or (epoch + 1) % self.every_n_epochs == 0
+
+    def _real_stats(self, trainer: pl.Trainer, metric: FIDKID) -> RealStats:
+        if self._real is None:
+            datamodule = trainer.datamodule
+            if not (hasattr(datamodule, "split_dataset") and hasattr(datamodule, "dataset_id")):
+                raise TypeError(
+                    "FIDCallback takes real images from a genface DataModule (split_dataset(split), dataset_id); "
+                    f"got {type(datamodule).__name__}"
+                )
+            cache_dir = self.cache_dir or Path(trainer.default_root_dir) / "fid_cache"
+            self._real = load_or_compute_real_stats(
+                metric.extractor,
+                datamodule.split_dataset(self.real_split),
+                datamodule.dataset_id,
+                self.real_split,
+                self.n_real,
+                cache_dir,
+                batch_size=self.batch_size,
+                progress=trainer.is_global_zero,
+            )
+        return self._real
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.metric is None or not self._due(trainer):
+            return
+        metric = self.metric.to(pl_module.device)
+        real = self._real_stats(trainer, metric)
+        metric.set_real(real)
+        for images in generate_fake_batches(
+            pl_module, self.n_fake, self.batch_size, self.seed, trainer.global_rank, trainer.world_size
+        ):
+            metric.update(images)
+        values = metric.compute()  # every rank: the states are summed across ranks inside
+        metric.reset()
+        self.last_values = values
+        for key in ("fid", "kid_mean", "kid_std"):
+            # Already global and identical on every rank: no further reduction.
+            pl_module.log(f"val/{key}", values[key], sync_dist=False, rank_zero_only=False)
+        self._record_protocol(trainer, metric, real, values["n_fake"])
+
+    def _record_protocol(self, trainer: pl.Trainer, metric: FIDKID, real: RealStats, n_fake: int) -> None:
+        record = {
+            "extractor": metric.extractor.name,
+            "protocol": metric.extractor.protocol,
+            "n_fake": n_fake,
+            "n_real": real.n,
+            "real_split": self.real_split,
+            "dataset_id": trainer.datamodule.dataset_id,
+        }
+        if record == self._recorded:
+            return
+        log_dir = Path(trainer.default_root_dir)  # the run directory, next to checkpoints/ and report/
+        if trainer.is_global_zero:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            tmp = log_dir / f"{PROTOCOL_FILE}.tmp"
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, log_dir / PROTOCOL_FILE)
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"fid_protocol": record})
+        self._recorded = record
