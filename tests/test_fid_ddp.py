@@ -43,7 +43,6 @@ def single_process_reference() -> dict:
     return metric.compute()
 
 
-@pytest.mark.slow
 def test_ddp_fid_equals_single_process(tmp_path):
     out = tmp_path / "result.json"
     src = str(Path(__file__).resolve().parents[1] / "src")
