@@ -55,7 +55,7 @@ def test_train_writes_checkpoints_samples_report_and_protocol(compose_train):
 
 
 def test_resume_continues_at_the_global_step(compose_train, tmp_path):
-    first = compose_train(*TINY, "trainer.max_epochs=1", "metrics=none")
+    first = compose_train(*TINY, "trainer.max_epochs=1", "metrics=none", "logger=none")
     _, trainer1 = train(first)
     steps_one_epoch = trainer1.global_step
     assert steps_one_epoch > 0

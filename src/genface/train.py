@@ -9,6 +9,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
 from genface.config import CONF_DIR, instantiate_group, to_container
@@ -23,6 +24,8 @@ def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
     model: pl.LightningModule = instantiate(cfg.model)
     callbacks = instantiate_group(cfg.get("callbacks")) + instantiate_group(cfg.get("metrics"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # Lightning refuses an LR monitor without a logger; logger=none is a valid choice
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in trainer.loggers:
         lg.log_hyperparams(to_container(cfg))
