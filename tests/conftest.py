@@ -13,7 +13,8 @@ from omegaconf import DictConfig, open_dict
 
 from genface.config import CONF_DIR
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny nets: one thread avoids oversubscription (DDP and CLI tests start processes of their own).
+torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 

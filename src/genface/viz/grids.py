@@ -81,6 +81,6 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration: float = 0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.gif")
-    imageio.mimsave(tmp, list(frames), duration=duration, loop=0)
+    imageio.mimsave(tmp, list(frames), duration=duration * 1000, loop=0)  # imageio: milliseconds
     os.replace(tmp, path)
     return path
