@@ -21,7 +21,8 @@ def load_module(ckpt_path: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path} is not a genface checkpoint (no 'genface_class' entry)")
     module_name, _, cls_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    model = cls.load_from_checkpoint(path, map_location=map_location)
+    # Hydra runs store omegaconf containers in hyper-parameters: not loadable with weights_only=True.
+    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False)
     model.eval()
     return model
 
