@@ -10,6 +10,7 @@ COMMANDS = {
     "train": ("genface.train", "fit a model: genface train experiment=dcgan_synthfaces"),
     "sample": ("genface.sample", "write samples of a checkpoint: genface sample ckpt=PATH n=1000"),
     "evaluate": ("genface.evaluate", "FID/KID of folders or a checkpoint: genface evaluate real=DIR fake=DIR"),
+    "analyze": ("genface.analyze", "latent directions and edits: genface analyze all generator=G classifier=C"),
     "prepare": ("genface.prepare", "decode a dataset once into the array cache: genface prepare data=celeba"),
 }
 # DDP re-launches this process per rank without the sub-command in argv; it travels in the environment.

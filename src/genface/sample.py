@@ -1,4 +1,4 @@
-"""`genface sample ckpt=PATH n=N out=DIR`: samples of a trained generator to disk."""
+"""`genface sample ckpt=PATH n=N out=DIR [classifier=PATH]`: samples of a trained generator to disk."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from genface.analysis.sampling import sample_to_disk
 from genface.config import CONF_DIR
 from genface.models import load_generative
+from genface.models.classifier import load_classifier
 
 log = logging.getLogger("genface.sample")
 
@@ -22,9 +23,20 @@ def main(cfg: DictConfig) -> None:
         raise ValueError("genface sample needs ckpt=PATH (a checkpoint written by genface train)")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_generative(cfg.ckpt, map_location=device)
+    classifier = load_classifier(cfg.classifier, map_location=device) if cfg.get("classifier") else None
     out = Path(cfg.out)
-    meta = sample_to_disk(model, out, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
-    log.info("wrote %d samples of %s to %s (images/, latents.npy, grid.png)", meta["n"], meta["model"], out)
+    meta = sample_to_disk(
+        model,
+        out,
+        n=cfg.n,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        classifier=classifier,
+        save_features=bool(classifier is not None and cfg.features),
+    )
+    extra = ", attributes.npy, attribute_names.json" if classifier is not None else ""
+    log.info("wrote %d samples of %s to %s (images/, latents.npy%s, grid.png)", meta["n"], meta["model"], out, extra)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,340 @@
+"""Latent diffusion (Rombach et al. 2022; seed 002): Gaussian diffusion in the latent space of a frozen
+VAE-GAN first stage, class-conditional with classifier-free guidance.
+
+The diffusion itself is DDPM's (schedule, loss, CFG, EMA, DDIM contract): this module only moves data in
+and out of latent space. Training encodes each batch with the frozen first stage and multiplies by the
+latent scale 1/std (measured on the first batch and kept as a buffer, so checkpoints restore it);
+sampling runs DDIM (η = 0) from x_T = the contract's latent, reshaped to the latent shape, and decodes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+
+from genface.callbacks.sample_grid import log_image
+from genface.diffusion import ddim_sample, ddim_timesteps, ddpm_sample
+from genface.models import load_module
+from genface.models.autoencoder import VAEGAN
+from genface.models.ddpm import DDPM, PathStep
+from genface.viz.grids import save_png
+from genface.viz.latents import PROJECTIONS, class_rows, latent_scatter
+
+
+class LatentDiffusion(DDPM):
+    """DDPM over the latents of a frozen autoencoder (`genface.models.autoencoder.VAEGAN`).
+
+    Args:
+        first_stage_ckpt: checkpoint of the trained autoencoder (stage one). Its network and config are
+            copied into this model, so this model's own checkpoints need the file no more.
+        first_stage: the autoencoder network's Hydra config; filled in from `first_stage_ckpt` at the
+            start of training (leave it null), it lets `load_from_checkpoint` rebuild the first stage.
+        latent_scale: fixed factor for the latents; null measures 1/std on the first batch.
+        sample_posterior: train on posterior samples (LDM) rather than posterior means.
+        net: a `genface.nets.unet.UNet` config for spatial latents (in/out channels and resolution of the
+            latent), a `genface.nets.latent_denoiser.LatentDenoiser` (dim = latent size) for flat ones.
+        Everything else: as `genface.models.ddpm.DDPM`; clip_x0 defaults to off because scaled latents
+            are not confined to [-1, 1].
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: dict[str, Any],
+        first_stage_ckpt: str | None = None,
+        first_stage: dict[str, Any] | None = None,
+        latent_scale: float | None = None,
+        sample_posterior: bool = True,
+        scheduler: dict[str, Any] | None = None,
+        scheduler_interval: str = "step",
+        schedule: dict[str, Any] | None = None,
+        pred_type: str = "eps",
+        loss: str = "l2",
+        ema_decay: float | None = 0.9999,
+        sampler: str = "ddim",
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        clip_x0: bool = False,
+        num_classes: int = 0,
+        p_uncond: float = 0.1,
+        guidance_scale: float = 1.0,
+    ) -> None:
+        super().__init__(
+            net=net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            schedule=schedule, pred_type=pred_type, loss=loss, ema_decay=ema_decay, sampler=sampler,
+            sample_steps=sample_steps, eta=eta, clip_x0=clip_x0, num_classes=num_classes, p_uncond=p_uncond,
+            guidance_scale=guidance_scale,
+        )  # fmt: skip
+        if latent_scale is not None and latent_scale <= 0:
+            raise ValueError(f"model.latent_scale must be > 0 or null (measure it), got {latent_scale}")
+        self.register_buffer("latent_scale", torch.tensor(float(latent_scale or 0.0)))
+        self.first_stage: torch.nn.Module | None = None
+        if first_stage is not None:
+            self._attach_first_stage(instantiate(first_stage))  # weights come from this model's checkpoint
+
+    def setup(self, stage: str) -> None:
+        """Load the first stage from `first_stage_ckpt` unless a checkpoint of this model brought it: done
+        here rather than in __init__ so that configs instantiate (and are checked) without a trained
+        autoencoder, and before Lightning moves the model to its device."""
+        if self.first_stage is None:
+            net, config = self._load_first_stage(self.hparams.first_stage_ckpt)
+            self.hparams["first_stage"] = config  # checkpoints of this model then rebuild without the file
+            self._attach_first_stage(net)
+
+    def _attach_first_stage(self, net: torch.nn.Module) -> None:
+        self.first_stage = net.to(self.device)
+        net.requires_grad_(False)
+        net.eval()
+        self._check_net()
+
+    @staticmethod
+    def _load_first_stage(path: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The autoencoder network of a VAEGAN checkpoint and its Hydra config."""
+        if not path:
+            raise ValueError(
+                "model.first_stage_ckpt is required: the checkpoint of a trained autoencoder, e.g. "
+                "`genface train experiment=vaegan_synthfaces` then model.first_stage_ckpt=<run>/checkpoints/last.ckpt"
+            )
+        try:
+            stage = load_module(path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model.first_stage_ckpt: no checkpoint at {path}") from err
+        if not isinstance(stage, VAEGAN):
+            raise ValueError(
+                f"model.first_stage_ckpt={path} holds a {type(stage).__name__}, not a VAEGAN autoencoder"
+            )
+        return stage.autoencoder, dict(stage.hparams.autoencoder)
+
+    def _check_net(self) -> None:
+        z = torch.zeros(1, *self.latent_shape, device=self.device)
+        t = torch.zeros(1, dtype=torch.long, device=self.device)
+        try:
+            with torch.no_grad():
+                out = self.net(z, t, t if self.num_classes else None)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"model.net does not fit the first stage's latents of shape {self.latent_shape}: use a UNet with "
+                "in_channels = out_channels = C and resolution = H for spatial latents (C, H, W), or a "
+                f"LatentDenoiser with dim = D for flat latents (D,). ({err})"
+            ) from err
+        if out.shape != z.shape:
+            raise ValueError(
+                f"model.net maps latents {tuple(z.shape)} to {tuple(out.shape)}; they must match"
+            )
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        super().train(mode)
+        if self.first_stage is not None:
+            self.first_stage.eval()  # frozen: no dropout, and no norm statistics drift
+        return self
+
+    # ----- latent space ---------------------------------------------------------------------------
+    @property
+    def stage_one(self) -> torch.nn.Module:
+        """The frozen autoencoder network; before `setup` (e.g. right after instantiating a config) it is
+        not loaded yet."""
+        if self.first_stage is None:
+            raise RuntimeError(
+                "the first stage is not loaded yet: it is read from model.first_stage_ckpt in setup() (trainer.fit "
+                "calls it), or comes with a checkpoint of this model (genface.models.load_generative)"
+            )
+        return self.first_stage
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.stage_one.latent_shape)
+
+    @torch.no_grad()
+    def encode_images(self, x: Tensor, sample: bool | None = None) -> Tensor:
+        """Scaled latents of images in [-1, 1]. The first call during fitting measures the scale 1/std
+        (averaged over ranks) when `latent_scale` was not given."""
+        posterior = self.stage_one.encode(x)
+        sample = self.hparams.sample_posterior if sample is None else sample
+        z = posterior.sample() if sample else posterior.mode()
+        if float(self.latent_scale) == 0.0:
+            if self._trainer is None:
+                raise RuntimeError(
+                    "the latent scale is not measured yet: train the model or set model.latent_scale"
+                )
+            std = self.all_gather(z.float().std()).mean()
+            self.latent_scale.fill_(1.0 / float(std))
+        return z * self.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Images in [-1, 1] from scaled latents (N, *latent_shape)."""
+        if float(self.latent_scale) == 0.0:
+            raise RuntimeError(
+                "the latent scale is not measured yet: train the model or set model.latent_scale"
+            )
+        return self.stage_one.decode(z / self.latent_scale).clamp(-1, 1)
+
+    # ----- Generative contract --------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        fs = self.stage_one
+        return (fs.channels, fs.resolution, fs.resolution)
+
+    @property
+    def latent_dim(self) -> int:
+        return math.prod(self.latent_shape)
+
+    def _sample(self, z_T: Tensor, labels: Tensor | None, eta: float, **kw: Any) -> Any:
+        return ddim_sample(
+            self._model_fn(self._class_index(labels)), self.schedule, z_T, steps=self.sample_steps, eta=eta,
+            pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0, **kw,
+        )  # fmt: skip
+
+    def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
+        return self.decode_latents(self._sample(latents.reshape(-1, *self.latent_shape), labels, eta=0.0))
+
+    def generate_with_path(
+        self, latents: Tensor, labels: Tensor | None = None, every: int = 1
+    ) -> tuple[Tensor, list[PathStep]]:
+        """`generate` plus the path, decoded to images: every `every`-th DDIM step (and the last) as
+        (t, decoded x_t, decoded predicted x0), CPU tensors, for `genface.viz.diffusion` pictures."""
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        labels = self._check_labels_given(labels)
+        z_T = latents.to(self.device).reshape(-1, *self.latent_shape)
+        steps = ddim_timesteps(self.schedule.num_timesteps, self.sample_steps)
+        last = len(steps) - 1
+        with self._sampling_scope():
+            _, raw = self._sample(z_T, labels, eta=0.0, return_path=True)
+            path = [
+                (
+                    t,
+                    self.decode_latents(z_t.to(self.device)).cpu(),
+                    self.decode_latents(z0.to(self.device)).cpu(),
+                )
+                for k, (t, (z_t, z0)) in enumerate(zip(steps, raw))
+                if k % every == 0 or k == last
+            ]
+        return path[-1][2], path
+
+    def generate_stochastic(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """n fresh images with the configured stochastic sampler (DDPM ancestral, or DDIM with `eta`)."""
+        labels = self._check_labels_given(labels)
+        z_T = self.sample_latents(n, generator=generator).reshape(n, *self.latent_shape)
+        common = dict(pred_type=self.hparams.pred_type, generator=generator, clip_x0=self.hparams.clip_x0)
+        with self._sampling_scope():
+            if self.sampler == "ddpm":
+                z0 = ddpm_sample(
+                    self._model_fn(self._class_index(labels)), self.schedule, z_T, progress=progress, **common
+                )
+            else:
+                z0 = self._sample(z_T, labels, eta=self.eta, generator=generator, progress=progress)
+            return self.decode_latents(z0)
+
+    # ----- training -------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, target = batch
+        return super().training_step((self.encode_images(x), target), batch_idx)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, target = batch
+        super().validation_step((self.encode_images(x, sample=False), target), batch_idx)
+
+
+class LatentPictures(pl.Callback):
+    """Seed 002's pictures, every `every_n_epochs` epochs (and after the last), rank 0, into `dirpath`:
+    `classes_epoch_XXXX.png` (one row of `n_per_class` samples per class, fixed latents) and
+    `latents_{tsne,pca}_epoch_XXXX.png` (encoded validation images, up to `max_points`, coloured by class).
+    The denoising path and its GIF come from `genface.callbacks.denoising_path.DenoisingPath`."""
+
+    def __init__(
+        self,
+        class_names: Sequence[str] | None = None,
+        n_per_class: int = 8,
+        every_n_epochs: int = 1,
+        max_points: int = 500,
+        projections: Sequence[str] = PROJECTIONS,
+        seed: int = 0,
+        dirpath: str | None = None,
+    ) -> None:
+        if n_per_class < 1 or every_n_epochs < 1 or max_points < 3:
+            raise ValueError(
+                "callbacks.latent_pictures: n_per_class, every_n_epochs >= 1 and max_points >= 3"
+            )
+        unknown = set(projections) - set(PROJECTIONS)
+        if unknown:
+            raise ValueError(
+                f"callbacks.latent_pictures.projections: unknown {sorted(unknown)}; allowed {PROJECTIONS}"
+            )
+        self.class_names, self.n_per_class, self.every_n_epochs = class_names, n_per_class, every_n_epochs
+        self.max_points, self.projections, self.seed, self.dirpath = (
+            max_points,
+            tuple(projections),
+            seed,
+            dirpath,
+        )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module, LatentDiffusion) or not pl_module.num_classes:
+            raise TypeError(
+                "LatentPictures needs a class-conditional LatentDiffusion (model.num_classes > 0)"
+            )
+        k = pl_module.num_classes
+        names = list(self.class_names or [str(i) for i in range(k)])
+        if len(names) != k:
+            raise ValueError(f"callbacks.latent_pictures.class_names has {len(names)} names for {k} classes")
+        self.class_names = names
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LatentDiffusion) -> None:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs and not last:
+            return
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
+        picture = class_grid(pl_module, self.class_names, self.n_per_class, self.seed)
+        save_png(picture, out / f"classes_epoch_{epoch:04d}.png")
+        log_image(trainer, "class_samples", picture, step=trainer.global_step)
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+        if loader is None:
+            return
+        latents, labels = encode_dataset(pl_module, loader, self.max_points)
+        for method in self.projections:
+            latent_scatter(
+                latents, labels, out / f"latents_{method}_epoch_{epoch:04d}.png", method, self.class_names,
+                title=f"{method.upper()} of encoded validation latents, epoch {epoch + 1}", seed=self.seed,
+            )  # fmt: skip
+
+
+def class_grid(
+    model: LatentDiffusion, class_names: Sequence[str], n_per_class: int, seed: int = 0
+) -> np.ndarray:
+    """One labelled row per class, the same `n_per_class` latents in every row: the label's effect alone."""
+    latents = model.sample_latents(n_per_class, generator=torch.Generator().manual_seed(seed))
+    rows = [
+        model.generate(latents, torch.full((n_per_class,), k, dtype=torch.long)).cpu()
+        for k in range(len(class_names))
+    ]
+    return class_rows(rows, class_names)
+
+
+def encode_dataset(model: LatentDiffusion, loader, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior-mean latents (N, D) and class indices (N,) of up to `max_points` images of `loader`."""
+    zs, ys, seen = [], [], 0
+    for x, target in loader:
+        zs.append(model.encode_images(x.to(model.device), sample=False).flatten(1).cpu())
+        ys.append(model._class_index(target.to(model.device)).cpu())
+        seen += len(x)
+        if seen >= max_points:
+            break
+    return torch.cat(zs)[:max_points].numpy(), torch.cat(ys)[:max_points].numpy()

@@ -1,0 +1,286 @@
+"""VAE-GAN first stage: shapes, losses (KL warm-up, GAN switch, adaptive weight, centre, perceptual), training
+lowers the reconstruction error, validation metrics, reconstruction grids, checkpoints and configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from genface.models import load_generative
+from genface.models.autoencoder import VAEGAN, ReconstructionGrid, class_index
+from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian, VGGPerceptual
+from helpers import StepRecorder, TinyImages, tiny_trainer
+
+RES = 16
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run far faster on one thread than on two contended ones (2-core CI, parallel jobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def ae_config(**kw) -> dict:
+    cfg = {
+        "_target_": "genface.nets.autoencoder.AutoencoderKL",
+        "channels": 3,
+        "resolution": RES,
+        "base_channels": 8,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [8],
+        "latent_dim": 16,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def tiny_vaegan(gan: bool = True, **kw) -> VAEGAN:
+    args = dict(autoencoder=ae_config(), optimizer_ae=ADAM)
+    if gan:
+        args.update(
+            discriminator={
+                "_target_": "genface.nets.patchgan.PatchGAN",
+                "in_channels": 3,
+                "ndf": 8,
+                "n_layers": 2,
+            },
+            optimizer_d=ADAM,
+        )
+    args.update(kw)
+    return VAEGAN(**args)
+
+
+class TinySmiling(TinyImages):
+    """TinyImages with one binary attribute (N, 1) float, declared like a genface DataModule (Smiling)."""
+
+    label_kind = "attributes"
+    num_classes = 1
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.targets = (torch.arange(len(self.images)) % 2).float()[:, None]
+
+
+def fit(model, tmp_path, steps: int, dm=None, **kw):
+    """`steps` training batches per epoch (max_steps would count both optimisers' steps), no validation
+    unless asked for."""
+    recorder = StepRecorder()
+    kw = {"limit_val_batches": 0, "max_epochs": 1, **kw}
+    callbacks = [recorder, *kw.pop("callbacks", [])]
+    trainer = tiny_trainer(tmp_path, limit_train_batches=steps, callbacks=callbacks, **kw)
+    trainer.fit(model, dm or TinyImages(n=32, resolution=RES))
+    return trainer, recorder
+
+
+# ----- the network ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kw", "shape"), [({"latent_dim": 16}, (16,)), ({"latent_dim": None, "z_channels": 4}, (4, 8, 8))]
+)
+def test_autoencoder_shapes(kw, shape):
+    net = instantiate(ae_config(**kw))
+    assert net.latent_shape == shape
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    posterior = net.encode(x)
+    assert posterior.mean.shape == (2, *shape) and posterior.logvar.shape == (2, *shape)
+    assert net.decode(posterior.mode()).shape == x.shape
+    rec, _ = net(x)
+    assert rec.shape == x.shape
+
+
+def test_flat_and_spatial_latents_differ_only_in_the_heads():
+    """Seed 002's layout at 64 px (256 channels at 8x8, 256-d latent) against the spatial 4x8x8 variant."""
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    flat = AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), latent_dim=256)
+    spatial = AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), z_channels=4)
+    assert (flat.latent_shape, spatial.latent_shape) == ((256,), (4, 8, 8))
+    c, side, d, z = 256, 8, 256, 4
+    conv = lambda cin, cout: cin * cout * 9 + cout  # noqa: E731
+    flat_heads = conv(c, c) + (c * side * side + 1) * 2 * d + (d + 1) * c * side * side
+    spatial_heads = conv(c, 2 * z) + conv(z, c)
+    assert count(flat) - count(spatial) == flat_heads - spatial_heads
+
+
+def test_autoencoder_errors():
+    with pytest.raises(ValueError, match="resolution divisible by 2"):
+        AutoencoderKL(resolution=18, channel_mult=(1, 2, 2))
+    net = instantiate(ae_config())
+    with pytest.raises(ValueError, match=r"expects images \(N, 3, 16, 16\)"):
+        net.encode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"expects latents \(N, 16\)"):
+        net.decode(torch.zeros(1, 8))
+
+
+def test_diagonal_gaussian():
+    standard = DiagonalGaussian(torch.zeros(3, 5), torch.zeros(3, 5))
+    assert torch.allclose(standard.kl(), torch.zeros(3))
+    shifted = DiagonalGaussian(torch.ones(3, 5), torch.zeros(3, 5))
+    assert torch.allclose(shifted.kl(), torch.full((3,), 2.5))  # 0.5 · sum(mean²)
+    a = standard.sample(torch.Generator().manual_seed(0))
+    b = standard.sample(torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.equal(a, standard.mode())
+
+
+def vgg_weights(tmp_path, up_to: int = 8):
+    """A random VGG16 `features` state dict up to layer `up_to`, saved as torchvision names it."""
+    from genface.nets.autoencoder import _VGG16_CFG
+
+    layers, ch = [], 3
+    for v in _VGG16_CFG:
+        if len(layers) > up_to:
+            break
+        layers += (
+            [torch.nn.MaxPool2d(2)] if v == "M" else [torch.nn.Conv2d(ch, v, 3, padding=1), torch.nn.ReLU()]
+        )
+        ch = v if v != "M" else ch
+    state = {f"features.{k}": v for k, v in torch.nn.Sequential(*layers).state_dict().items()}
+    path = tmp_path / "vgg.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_perceptual_loads_weights_from_a_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.perceptual.weights: no VGG16 weights file"):
+        VGGPerceptual(tmp_path / "missing.pth")
+    path = vgg_weights(tmp_path, up_to=3)
+    with pytest.raises(ValueError, match="lacks VGG16 keys"):
+        VGGPerceptual(path, taps=(3, 8))
+    loss = VGGPerceptual(path, taps=(3,))
+    x, y = torch.rand(2, 3, RES, RES) * 2 - 1, torch.rand(2, 3, RES, RES) * 2 - 1
+    assert torch.allclose(loss(x, x), torch.zeros(2)) and (loss(x, y) > 0).all()
+    assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_perceptual_is_off_without_weights_and_on_with_them(tmp_path):
+    assert tiny_vaegan().perceptual is None
+    model = tiny_vaegan(perceptual={"weights": str(vgg_weights(tmp_path)), "weight": 1.0, "taps": [3, 8]})
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    rec = x.flip(0)
+    assert model.reconstruction_loss(rec, x) > tiny_vaegan().reconstruction_loss(rec, x)
+
+
+# ----- the module -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"rec_loss": "huber"}, r"model.rec_loss='huber'.*l1, l2"),
+        ({"gan_loss": "wgan"}, r"model.gan_loss='wgan'"),
+        ({"optimizer_d": None}, r"model.discriminator and model.optimizer_d must both be set"),
+        ({"center_weight": 1.0}, r"center_weight > 0 needs labelled classes"),
+        ({"kl_weight": -1.0}, r"must be >= 0"),
+    ],
+)
+def test_vaegan_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_vaegan(**kw)
+
+
+def test_class_index():
+    assert class_index(torch.tensor([[0.0], [1.0]]), 2).tolist() == [0, 1]
+    assert class_index(torch.tensor([2, 0]), 3).tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
+        class_index(torch.tensor([2]), 2)
+    with pytest.raises(ValueError, match="one binary attribute"):
+        class_index(torch.zeros(2, 3), 2)
+
+
+def test_kl_warmup_is_linear():
+    model = tiny_vaegan(kl_weight=0.1, kl_warmup_steps=10)
+    weights = []
+    for step in (0, 5, 10, 20):
+        model.ae_steps.fill_(step)
+        weights.append(model.kl_weight_now())
+    assert weights == pytest.approx([0.0, 0.05, 0.1, 0.1])
+
+
+def test_adaptive_weight_is_the_gradient_norm_ratio():
+    model = tiny_vaegan(disc_weight=0.5)
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    rec = model.decode(model.encode(x).mode())
+    rec_loss = (rec - x).abs().mean()
+    g_loss = -model.discriminator(rec).mean()
+    w = model.autoencoder.last_layer
+    (g1,) = torch.autograd.grad(rec_loss, w, retain_graph=True)
+    (g2,) = torch.autograd.grad(g_loss, w, retain_graph=True)
+    expected = 0.5 * g1.norm() / (g2.norm() + 1e-4)
+    assert torch.allclose(model.adaptive_weight(rec_loss, g_loss), expected)
+
+
+def test_gan_switches_on_at_disc_start(tmp_path):
+    model = tiny_vaegan(disc_start=3)
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    _, rec = fit(model, tmp_path, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+    assert not any("train/loss_d_step" in row for row in rec.rows)
+    model = tiny_vaegan(disc_start=1)
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    _, rec = fit(model, tmp_path, steps=3)
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+    assert "train/loss_d_step" not in rec.rows[0] and "train/d_weight_step" in rec.rows[-1]
+    assert int(model.ae_steps) == 3
+
+
+def test_training_lowers_reconstruction_error(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_vaegan(gan=False)
+    x = TinyImages(n=32, resolution=RES).images
+    before = float((model.reconstruct(x) - x).abs().mean())
+    fit(model, tmp_path, steps=4, max_epochs=8)
+    after = float((model.reconstruct(x) - x).abs().mean())
+    assert after < 0.7 * before
+
+
+def test_center_loss_pulls_means_towards_class_centres(tmp_path):
+    model = tiny_vaegan(gan=False, num_classes=2, center_weight=1.0)
+    assert model.centres.shape == (2, 16)
+    _, rec = fit(model, tmp_path, steps=4, dm=TinySmiling(n=32, resolution=RES))
+    assert "train/center_step" in rec.rows[-1]
+    assert model.centres.abs().sum() > 0  # the centres are learned with the autoencoder
+
+
+def test_validation_logs_reconstruction_metrics_and_grid(tmp_path):
+    model = tiny_vaegan(gan=False)
+    grid = ReconstructionGrid(n=4, dirpath=str(tmp_path / "samples"))
+    trainer, _ = fit(model, tmp_path, steps=2, limit_val_batches=1, callbacks=[grid])
+    metrics = trainer.callback_metrics
+    assert {"val/l1", "val/psnr", "val/ssim"} <= set(metrics)
+    assert 0 < float(metrics["val/psnr"]) < 60 and -1 <= float(metrics["val/ssim"]) <= 1
+    picture = Image.open(tmp_path / "samples" / "recon_epoch_0000.png")
+    assert picture.height > 2 * RES and picture.width >= 4 * RES  # originals over reconstructions
+
+
+def test_generative_contract_and_checkpoint_round_trip(tmp_path):
+    model = tiny_vaegan(disc_start=1)
+    trainer, _ = fit(model, tmp_path, steps=2)
+    path = tmp_path / "ae.ckpt"
+    trainer.save_checkpoint(path)
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (3, model.latent_dim)
+    images = model.generate(z)
+    assert images.shape == (3, *model.image_shape) and images.abs().max() <= 1
+    assert torch.equal(images, model.generate(z))
+    loaded = load_generative(path)
+    assert isinstance(loaded, VAEGAN) and int(loaded.ae_steps) == 2
+    assert torch.allclose(loaded.generate(z), images, atol=1e-6)
+
+
+# ----- configs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vaegan", "vaegan_tiny"])
+def test_model_configs_instantiate(name, compose_train):
+    cfg = compose_train(f"model={name}", "data.resolution=32")
+    model = instantiate(cfg.model)
+    assert model.image_shape == (3, 32, 32) and model.perceptual is None
+
+
+def test_seed002_autoencoder_experiment(compose_train, tmp_path):
+    cfg = compose_train("experiment=vaegan_celeba64", f"data.root={tmp_path}")
+    assert cfg.data.attributes == ["Smiling"] and cfg.model.autoencoder.latent_dim == 256
+    assert cfg.callbacks.reconstruction_grid._target_.endswith("ReconstructionGrid")
+    model = instantiate(cfg.model)
+    assert model.latent_shape == (256,) and model.image_shape == (3, 64, 64)

@@ -1,0 +1,241 @@
+"""DD-GAN: nets, the latent layout of the Generative contract, training, R1 laziness, checkpoints, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+import genface.models.ddgan as ddgan_module
+from genface.models import load_generative
+from genface.models.ddgan import DDGAN
+from genface.nets.ddgan import DDGANDiscriminator, DDGANGenerator, minibatch_stddev
+from helpers import StepRecorder, TinyImages, tiny_trainer
+
+TINY_G = dict(
+    _target_="genface.nets.ddgan.DDGANGenerator",
+    channels=3,
+    resolution=16,
+    nz=8,
+    base_channels=8,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[],
+    num_groups=4,
+)
+TINY_D = dict(
+    _target_="genface.nets.ddgan.DDGANDiscriminator", channels=3, resolution=16, ngf=4, t_emb_dim=16
+)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def tiny_ddgan(**kw) -> DDGAN:
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3, "betas": [0.5, 0.9]}
+    kw = {"ema_decay": None, "use_cosine": False, **kw}
+    return DDGAN(
+        generator=dict(TINY_G), discriminator=dict(TINY_D), optimizer_g=opt, optimizer_d=dict(opt), **kw
+    )
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> None:
+    """Move the zero-initialised layers off zero so that every input influences the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_generator_predicts_x0_in_range_and_uses_z():
+    g = DDGANGenerator(**{k: v for k, v in TINY_G.items() if k != "_target_"})
+    perturb(g)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    a, b = g(x, t, torch.randn(2, 8)), g(x, t, torch.randn(2, 8))
+    assert a.shape == (2, 3, 16, 16) and a.abs().max() < 1
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    ("layout", "resolution"), [("small", 16), ("small", 32), ("large", 64), ("large", 128)]
+)
+def test_discriminator_shapes(layout, resolution):
+    d = DDGANDiscriminator(channels=3, resolution=resolution, ngf=4, t_emb_dim=16, layout=layout)
+    x = torch.randn(3, 3, resolution, resolution)
+    assert d(x, x, torch.tensor([0, 1, 1])).shape == (3,)
+
+
+def test_discriminator_is_time_and_pair_conditioned():
+    torch.manual_seed(0)
+    d = DDGANDiscriminator(channels=3, resolution=16, ngf=4, t_emb_dim=16)
+    perturb(d)
+    x_prev, x_t = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    out = d(x_prev, x_t, torch.zeros(4, dtype=torch.long))
+    assert not torch.allclose(out, d(x_prev, x_t, torch.ones(4, dtype=torch.long)))
+    assert not torch.allclose(out, d(x_prev, torch.randn_like(x_t), torch.zeros(4, dtype=torch.long)))
+
+
+def test_discriminator_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        DDGANDiscriminator(resolution=32, layout="large")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        DDGANDiscriminator(layout="huge")
+    with pytest.raises(ValueError, match="disagree on"):
+        DDGAN(
+            generator=dict(TINY_G),
+            discriminator={**TINY_D, "resolution": 32},
+            optimizer_g={"_target_": "torch.optim.Adam", "_partial_": True},
+            optimizer_d={"_target_": "torch.optim.Adam", "_partial_": True},
+        )
+
+
+def test_minibatch_stddev_feature_handles_any_batch_size():
+    h = torch.randn(6, 5, 2, 2)  # 6 is not a multiple of the group size 4: groups of 3
+    out = minibatch_stddev(h)
+    assert out.shape == (6, 6, 2, 2)
+    assert torch.equal(out[:, :5], h)
+    same = torch.zeros(4, 5, 2, 2)  # identical samples have (almost) zero spread
+    assert minibatch_stddev(same)[:, 5].max() < 1e-3
+
+
+def test_latent_dim_and_layout_cover_the_vector_once():
+    model = tiny_ddgan(num_timesteps=3)
+    pixels, nz, T = 3 * 16 * 16, 8, 3
+    assert model.latent_dim == T * pixels + T * nz
+    layout = model.latent_layout()
+    assert sorted(layout.z) == [0, 1, 2] and sorted(layout.noise) == [1, 2]
+    covered = torch.zeros(model.latent_dim, dtype=torch.long)
+    for s in [layout.x_T, *layout.z.values(), *layout.noise.values()]:
+        covered[s] += 1
+    assert bool((covered == 1).all())
+    assert layout.x_T == slice(0, pixels) and layout.z[2] == slice(pixels, pixels + nz)
+
+
+def test_generate_is_deterministic_and_editable():
+    model = tiny_ddgan()
+    perturb(model.generator)
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(1))
+    assert z.shape == (3, model.latent_dim)
+    a = model.generate(z)
+    assert torch.equal(a, model.generate(z))
+    assert a.shape == (3, 3, 16, 16) and a.abs().max() <= 1
+    layout = model.latent_layout()
+    for part in (layout.z[0], layout.z[1], layout.noise[1], layout.x_T):
+        edited = z.clone()
+        edited[:, part] += 1.0
+        assert not torch.allclose(model.generate(edited), a), part
+    with pytest.raises(ValueError, match=r"latents must have shape \(n, "):
+        model.generate(z[:, :-1])
+
+
+def test_generate_with_path_returns_every_step():
+    model = tiny_ddgan(num_timesteps=2)
+    perturb(model.generator)
+    z = model.sample_latents(2, generator=torch.Generator().manual_seed(0))
+    images, path = model.generate_with_path(z)
+    assert torch.equal(images, model.generate(z))
+    assert [t for t, _, _ in path] == [1, 0]
+    # The chain starts from the x_T part of the latent ...
+    assert torch.equal(path[0][1], z[:, model.latent_layout().x_T].reshape(2, 3, 16, 16))
+    # ... and its last step returns the posterior mean at t=0, i.e. the predicted x0 itself.
+    assert torch.allclose(path[-1][2].clamp(-1, 1), images, atol=1e-6)
+
+
+def test_each_player_step_lowers_its_own_loss(tmp_path):
+    """D alone (G's lr 0) learns to tell real pairs from fakes; then G alone learns to fool that fixed D."""
+    torch.manual_seed(0)
+    model, data = tiny_ddgan(), TinyImages(n=8, batch_size=8)
+
+    def fit(lr_g: float, lr_d: float) -> list[dict[str, float]]:
+        model.hparams.optimizer_g["lr"], model.hparams.optimizer_d["lr"] = lr_g, lr_d
+        rec = StepRecorder()
+        # One batch = one D step + one G step = 2 Lightning global steps.
+        tiny_trainer(tmp_path, max_steps=40, limit_val_batches=0, callbacks=[rec]).fit(model, datamodule=data)
+        assert len(rec.rows) == 20
+        return rec.rows
+
+    loss_d = [r["train/loss_d_step"] for r in fit(lr_g=0.0, lr_d=2e-3)]
+    assert all(torch.isfinite(torch.tensor(loss_d)))
+    assert sum(loss_d[-5:]) / 5 < loss_d[0] - 0.2, loss_d
+    loss_g = [r["train/loss_g_step"] for r in fit(lr_g=2e-3, lr_d=0.0)]
+    assert sum(loss_g[-5:]) / 5 < loss_g[0] / 2, loss_g
+
+
+def test_r1_runs_on_lazy_steps_only(tmp_path, monkeypatch):
+    calls: list[int] = []
+    model, original = tiny_ddgan(r1_gamma=1.0, lazy_reg=3), ddgan_module.r1_penalty
+
+    def recording_r1(logits, inputs):
+        calls.append(model.global_step // 2)  # the batch index
+        return original(logits, inputs)
+
+    monkeypatch.setattr(ddgan_module, "r1_penalty", recording_r1)
+    trainer = tiny_trainer(tmp_path, max_steps=14, limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyImages(n=16, batch_size=8))
+    assert calls == [0, 3, 6]
+    assert float(trainer.callback_metrics["train/r1_epoch"]) > 0
+
+
+def test_cosine_decay_steps_once_per_epoch(tmp_path):
+    model = tiny_ddgan(use_cosine=True, lr_min=1e-5)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyImages(n=8, batch_size=8))
+    opt_g, opt_d = model.optimizers()
+    # After max_epochs cosine steps both rates sit at lr_min.
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert opt_d.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_validation_logs_discriminator_accuracy(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    trainer.fit(tiny_ddgan(), datamodule=TinyImages(n=8, batch_size=8))
+    for key in ("val/d_real_acc", "val/d_fake_acc"):
+        assert 0.0 <= float(trainer.callback_metrics[key]) <= 1.0
+
+
+def test_checkpoint_round_trip_with_ema(tmp_path):
+    model = tiny_ddgan(ema_decay=0.9)
+    trainer = tiny_trainer(tmp_path, max_steps=6, limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyImages(n=16, batch_size=8))
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = load_generative(ckpt)
+    assert isinstance(loaded, DDGAN) and loaded.ema is not None
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.generate(z), loaded.generate(z))
+    # generate() uses the EMA weights, which differ from the live ones.
+    live = model._chain(z).clamp(-1, 1)
+    assert not torch.allclose(live, model.generate(z))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "resolution", "timesteps", "layout"),
+    [
+        ("ddgan_synthfaces", 32, 2, "small"),
+        ("ddgan_celebahq128", 128, 2, "large"),
+        ("ddgan_celebahq256", 256, 2, "large"),
+    ],
+)
+def test_experiment_configs_compose(compose_train, experiment, resolution, timesteps, layout):
+    cfg = compose_train(f"experiment={experiment}")
+    assert cfg.data.resolution == resolution and cfg.model.num_timesteps == timesteps
+    assert cfg.model.discriminator.layout == layout
+    assert cfg.model.optimizer_g.betas == [0.5, 0.9]
+    if experiment == "ddgan_synthfaces":
+        model = instantiate(cfg.model)
+        assert model.image_shape == (3, 32, 32) and model.ema is not None
+        assert instantiate(cfg.data).resolution == 32
+    else:
+        assert cfg.data._target_.endswith("CelebAHQDataModule") and cfg.trainer.accelerator == "gpu"
+        assert (cfg.model.r1_gamma, cfg.model.lazy_reg, cfg.model.ema_decay) == (2.0, 10, 0.9999)
+
+
+def test_celebahq128_builds_the_seed_000_model(compose_train):
+    cfg = compose_train("experiment=ddgan_celebahq128")
+    model = instantiate(cfg.model)
+    assert model.image_shape == (3, 128, 128) and model.generator.nz == 100
+    # Guards against silent architecture drift of the seed-000 configuration.
+    assert n_params(model.generator) == 39_996_739
+    assert n_params(model.discriminator) == 27_737_217
+    assert model.latent_dim == 2 * 3 * 128 * 128 + 2 * 100
