@@ -178,12 +178,13 @@ def readme_section(result: dict) -> str:
     summary = result["summary"]
     by_acc = sorted(summary, key=lambda h: -summary[h]["cond_acc"])
     by_kid = sorted(summary, key=lambda h: summary[h]["kid"])
+    reduces = summary["multiclass"]["cond_acc"] > summary["concat"]["cond_acc"]
     lines += [
         "",
         f"Reading: conditional accuracy ranks {' > '.join(f'`{h}`' for h in by_acc)}; KID ranks "
         f"{' < '.join(f'`{h}`' for h in by_kid)} (lower is better). Seed 004's claim that the (K+1)-way "
-        f"discriminator reduces digit ambiguity is {'supported' if by_acc[0] == 'multiclass' else 'not supported'} "
-        "here against `concat`, its real/fake counterpart. Caveat: the (K+1)-way objective trains G to be "
+        f"discriminator reduces digit ambiguity is {'supported' if reduces else 'not supported'} here against "
+        "`concat`, its real/fake counterpart (conditional accuracy). Caveat: the (K+1)-way objective trains G to be "
         "classified as the requested digit, which is close to what conditional accuracy measures; KID in the "
         "same feature space also reflects diversity.",
         "",
