@@ -40,7 +40,7 @@ class ClassifierReport(pl.Callback):
         header = ["class" if module.label_kind == "class" else "attribute", *METRICS]
         rows = [[name, *(results[m][i] for m in METRICS)] for i, name in enumerate(names)]
         means = [float(np.nanmean(np.asarray(results[m], dtype=float))) for m in METRICS]
-        epoch = f"epoch {trainer.current_epoch + 1}" if split == "val" else "best/last checkpoint"
+        epoch = f"epoch {trainer.current_epoch + 1}" if split == "val" else "tested checkpoint"
         text = f"{split} split, {epoch}\n\n" + markdown_table(header, [*rows, ["**mean**", *means]])
         if self.target is not None:
             below = [name for name, bal in zip(names, results["bal_acc"]) if bal < self.target]

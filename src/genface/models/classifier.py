@@ -262,9 +262,9 @@ class Classifier(pl.LightningModule):
         summary = {f"{split}/{k}_mean": v.nanmean() for k, v in table.items()}
         summary[f"{split}/bal_acc_min"] = table["bal_acc"].nan_to_num(nan=1.0).min()
         self.log_dict(summary, prog_bar=split == "val")
-        self.log_dict(
-            {f"{split}/{k}/{name}": v[i] for k, v in table.items() for i, name in enumerate(self.class_names)}
-        )
+        # Per class only the headline metric: every metric of every class is in `results` (and the
+        # ClassifierReport files); 4 x 40 logged curves would drown the loggers and run tables.
+        self.log_dict({f"{split}/bal_acc/{name}": v for name, v in zip(self.class_names, table["bal_acc"])})
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end(self.val_metrics, "val")
