@@ -237,3 +237,9 @@ def test_edges2synthfaces_experiment_builds(compose_train):
     assert model.generator.in_channels == 1 and 2**model.generator.num_downs == dm.resolution
     assert cfg.model.lr_constant_epochs + cfg.model.lr_decay_epochs == cfg.trainer.max_epochs
     assert any(isinstance(cb, Triplets) for cb in instantiate_group(cfg.callbacks))
+
+
+@pytest.mark.parametrize(("option", "channels"), [("paired_gray", 1), ("paired_masked", 4), ("paired_lowres", 3)])
+def test_edges2synthfaces_recipe_takes_the_other_tasks(compose_train, option, channels):
+    cfg = compose_train("experiment=pix2pix_edges2synthfaces", f"data={option}")
+    assert instantiate(cfg.data).source_channels == instantiate(cfg.model).generator.in_channels == channels
