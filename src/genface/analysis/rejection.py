@@ -24,6 +24,7 @@ from genface.analysis.editing import classify
 from genface.analysis.report import markdown_table, write_json
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier
+from genface.viz.analysis import enlarge
 from genface.viz.grids import save_grid
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def write_rejection_report(results: Sequence[RejectionResult], k: int, out_dir: 
         )
         if r.accepted:
             name = f"grid_{'prefilter' if r.prefilter else 'plain'}.png"
-            save_grid(r.images, out / name)
+            save_grid(enlarge(r.images, 64), out / name)
             pictures.append(f"![accepted, pre-filter {'on' if r.prefilter else 'off'}](reject/{name})")
     write_json(out / "reject.json", [r.summary() for r in results])
     text = (
