@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +68,45 @@ def test_resume_continues_at_the_global_step(compose_train, tmp_path):
     assert trainer2.current_epoch == 2
     losses = [float(v) for k, v in trainer2.callback_metrics.items() if "loss" in k]
     assert losses and all(np.isfinite(losses))
+
+
+@pytest.mark.timeout(400)
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    """SIGKILL a run mid-way (no chance to clean up): last.ckpt from the last finished epoch resumes it."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "GENFACE_DATA_DIR": str(tmp_path / "data"), "GENFACE_LOG_DIR": str(tmp_path / "logs")}
+    args = [*TINY, "metrics=none", "logger=none", "hydra.run.dir=" + str(run_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genface", "train", *args, "trainer.max_epochs=1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if last.is_file():
+                time.sleep(0.5)  # let a second epoch start, the kill must land mid-run
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert last.is_file(), "no last.ckpt while the run was going"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    epoch, step = state["epoch"], state["global_step"]
+    assert step > 0 and epoch < 999
+    steps_per_epoch = step // (epoch + 1)
+    res = run_cli(
+        "train", *args, f"trainer.max_epochs={epoch + 3}", f"ckpt_path={last}", tmp_path=tmp_path, timeout=240
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == epoch + 2
+    assert resumed["global_step"] == step + 2 * steps_per_epoch
 
 
 def run_cli(*args: str, tmp_path, timeout: int = 300) -> subprocess.CompletedProcess:
