@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmarks.common import record
@@ -41,26 +40,6 @@ RES, WIDTH, BATCH, NZ, N_FAKE = 16, 32, 64, 100, 1000
 README = Path(__file__).parent / "README.md"
 
 
-class SmallCNN(nn.Module):
-    """Digit classifier net for genface's Classifier: three conv blocks, 64-d features (CPU: seconds)."""
-
-    def __init__(self, num_outputs: int, in_channels: int = 1) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(True)]  # noqa: E731
-        self.body = nn.Sequential(
-            *block(in_channels, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 64),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        self.head = nn.Linear(64, num_outputs)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 def trainer(max_steps: int = -1, max_epochs: int | None = None) -> pl.Trainer:
     return pl.Trainer(
         accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=max_epochs, logger=False,
@@ -72,7 +51,7 @@ def trainer(max_steps: int = -1, max_epochs: int | None = None) -> pl.Trainer:
 def train_classifier(dm: DigitsDataModule, epochs: int) -> tuple[Classifier, float]:
     pl.seed_everything(0, workers=True)
     classifier = Classifier(
-        net={"_target_": "benchmarks.bench_cgan_heads.SmallCNN", "in_channels": 1},
+        net={"_target_": "genface.nets.smallcnn.SmallCNN", "in_channels": 1},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-3, "weight_decay": 1e-4},
         label_kind="class",
         class_names=dm.class_names,

@@ -255,6 +255,32 @@ def test_validation_logs_reconstruction_metrics_and_grid(tmp_path):
     assert picture.height > 2 * RES and picture.width >= 4 * RES  # originals over reconstructions
 
 
+def test_reconstruction_fid_is_logged_and_zero_for_a_perfect_autoencoder(tmp_path):
+    """rFID (metrics.fid.source=reconstructions): reconstructions of the real split against its statistics."""
+    from genface.callbacks.fid import FIDCallback
+
+    def rfid_callback() -> FIDCallback:
+        return FIDCallback(
+            extractor="tiny", n_fake=16, n_real=16, batch_size=8, kid_subset_size=8, allow_low_n=True,
+            source="reconstructions", cache_dir=str(tmp_path / "fid"),
+        )  # fmt: skip
+
+    model = tiny_vaegan(gan=False)
+    trainer, _ = fit(model, tmp_path / "a", steps=2, limit_val_batches=1, callbacks=[rfid_callback()])
+    rfid = float(trainer.callback_metrics["val/rfid"])
+    assert rfid > 1e-3 and "val/fid" not in trainer.callback_metrics
+    assert "val/rkid_mean" in trainer.callback_metrics
+    assert (tmp_path / "a" / "rfid_protocol.json").is_file()
+
+    perfect = tiny_vaegan(gan=False)
+    perfect.reconstruct = lambda x: x  # the identity is a perfect autoencoder: rFID 0
+    trainer, _ = fit(perfect, tmp_path / "b", steps=1, limit_val_batches=1, callbacks=[rfid_callback()])
+    assert abs(float(trainer.callback_metrics["val/rfid"])) < 1e-3 < rfid
+
+    with pytest.raises(ValueError, match="metrics.fid.source='latents' is not allowed; allowed: samples"):
+        FIDCallback(extractor="tiny", source="latents")
+
+
 def test_generative_contract_and_checkpoint_round_trip(tmp_path):
     model = tiny_vaegan(disc_start=1)
     trainer, _ = fit(model, tmp_path, steps=2)

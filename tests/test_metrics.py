@@ -377,6 +377,7 @@ def test_callback_logs_fid_and_records_the_protocol(tmp_path, monkeypatch):
         "n_fake": worker.N_FAKE,
         "n_real": worker.N_REAL,
         "real_split": "val",
+        "source": "samples",
         "dataset_id": "fakefaces16",
     }
     assert "fid_protocol" in (tmp_path / "logs" / "version_0" / "hparams.yaml").read_text()

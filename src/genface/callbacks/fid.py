@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
-from genface.metrics.evaluate import generate_fake_batches
+from genface.metrics.evaluate import generate_fake_batches, rank_share
 from genface.metrics.extractors import build_extractor
 from genface.metrics.fid import FIDKID
 from genface.metrics.stats import RealStats, load_or_compute_real_stats
 from genface.models.base import GenerativeModule
 
 PROTOCOL_FILE = "fid_protocol.json"
+SOURCES = ("samples", "reconstructions")
 
 
 class FIDCallback(pl.Callback):
@@ -27,6 +30,10 @@ class FIDCallback(pl.Callback):
     `<default_root_dir>/fid_cache`). Extractor, protocol and N go to `fid_protocol.json` in the run directory
     and to the loggers' hyper-parameters, so every number says how it was measured. `last_values` keeps
     the latest result at full precision (loggers store float32).
+
+    `source="reconstructions"` measures an autoencoder instead (rFID): the first `n_fake` images of
+    `real_split` go through the module's `reconstruct(x)` and are compared with the real statistics of that
+    split; the values are logged as `val/rfid`, `val/rkid_mean`, `val/rkid_std`.
     """
 
     def __init__(
@@ -42,7 +49,10 @@ class FIDCallback(pl.Callback):
         allow_low_n: bool = False,
         cache_dir: str | None = None,
         seed: int = 1234,
+        source: str = "samples",
     ) -> None:
+        if source not in SOURCES:
+            raise ValueError(f"metrics.fid.source={source!r} is not allowed; allowed: {', '.join(SOURCES)}")
         if n_fake < 2 or n_real < 2 or every_n_epochs < 1 or batch_size < 1:
             raise ValueError("metrics.fid: n_fake and n_real must be >= 2, every_n_epochs and batch_size >= 1")
         self.extractor_name = extractor
@@ -56,6 +66,8 @@ class FIDCallback(pl.Callback):
         self.allow_low_n = allow_low_n
         self.cache_dir = cache_dir
         self.seed = seed
+        self.source = source
+        self.prefix = "val/r" if source == "reconstructions" else "val/"
         self.metric: FIDKID | None = None
         self._real: RealStats | None = None
         self._recorded: dict | None = None
@@ -64,6 +76,11 @@ class FIDCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not isinstance(pl_module, GenerativeModule):
             raise TypeError(f"FIDCallback needs a GenerativeModule, got {type(pl_module).__name__}")
+        if self.source == "reconstructions" and not callable(getattr(pl_module, "reconstruct", None)):
+            raise TypeError(
+                f"metrics.fid.source=reconstructions needs a module with reconstruct(x) (an autoencoder such as "
+                f"VAEGAN), got {type(pl_module).__name__}"
+            )
         if self.n_fake < trainer.world_size:
             raise ValueError(f"metrics.fid.n_fake={self.n_fake} is below the number of ranks ({trainer.world_size})")
         if self.metric is None:
@@ -108,17 +125,36 @@ class FIDCallback(pl.Callback):
         metric = self.metric.to(pl_module.device)
         real = self._real_stats(trainer, metric)
         metric.set_real(real)
-        for images in generate_fake_batches(
-            pl_module, self.n_fake, self.batch_size, self.seed, trainer.global_rank, trainer.world_size
-        ):
+        if self.source == "reconstructions":
+            batches = self._reconstructions(trainer, pl_module)
+        else:
+            batches = generate_fake_batches(
+                pl_module, self.n_fake, self.batch_size, self.seed, trainer.global_rank, trainer.world_size
+            )
+        for images in batches:
             metric.update(images)
         values = metric.compute()  # every rank: the states are summed across ranks inside
         metric.reset()
         self.last_values = values
         for key in ("fid", "kid_mean", "kid_std"):
             # Already global and identical on every rank: no further reduction.
-            pl_module.log(f"val/{key}", values[key], sync_dist=False, rank_zero_only=False)
+            pl_module.log(f"{self.prefix}{key}", values[key], sync_dist=False, rank_zero_only=False)
         self._record_protocol(trainer, metric, real, values["n_fake"])
+
+    def _reconstructions(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[torch.Tensor]:
+        """This rank's contiguous share of the first `n_fake` images of `real_split`, reconstructed."""
+        dataset = trainer.datamodule.split_dataset(self.real_split)
+        if len(dataset) < self.n_fake:
+            raise ValueError(
+                f"metrics.fid.n_fake={self.n_fake} reconstructions need as many images in the {self.real_split!r} "
+                f"split, which has {len(dataset)}"
+            )
+        rank, world = trainer.global_rank, trainer.world_size
+        start = sum(rank_share(self.n_fake, r, world) for r in range(rank))
+        indices = list(range(start, start + rank_share(self.n_fake, rank, world)))
+        for i in range(0, len(indices), self.batch_size):
+            x = torch.stack([dataset[j][0] for j in indices[i : i + self.batch_size]])
+            yield pl_module.reconstruct(x.to(pl_module.device))
 
     def _record_protocol(self, trainer: pl.Trainer, metric: FIDKID, real: RealStats, n_fake: int) -> None:
         record = {
@@ -127,6 +163,7 @@ class FIDCallback(pl.Callback):
             "n_fake": n_fake,
             "n_real": real.n,
             "real_split": self.real_split,
+            "source": self.source,
             "dataset_id": trainer.datamodule.dataset_id,
         }
         if record == self._recorded:
@@ -134,9 +171,10 @@ class FIDCallback(pl.Callback):
         log_dir = Path(trainer.default_root_dir)  # the run directory, next to checkpoints/ and report/
         if trainer.is_global_zero:
             log_dir.mkdir(parents=True, exist_ok=True)
-            tmp = log_dir / f"{PROTOCOL_FILE}.tmp"
+            name = PROTOCOL_FILE if self.source == "samples" else f"r{PROTOCOL_FILE}"
+            tmp = log_dir / f"{name}.tmp"
             tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(tmp, log_dir / PROTOCOL_FILE)
+            os.replace(tmp, log_dir / name)
             for logger in trainer.loggers:
-                logger.log_hyperparams({"fid_protocol": record})
+                logger.log_hyperparams({name.removesuffix(".json"): record})
         self._recorded = record

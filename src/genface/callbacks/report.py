@@ -50,7 +50,7 @@ class RunReport(pl.Callback):
         out = self.report_dir(trainer)
         keys = sorted({k for row in self.history for k in row} - {"epoch", "step"})
         losses = [k for k in keys if "loss" in k]
-        quality = [k for k in keys if k.split("/")[-1].startswith(("fid", "kid"))]
+        quality = [k for k in keys if k.split("/")[-1].startswith(("fid", "kid", "rfid", "rkid"))]
         self.written = [
             p
             for p in (
