@@ -8,9 +8,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from genface.callbacks.reconstruction_grid import ReconstructionGrid
+from genface.losses import VGGPerceptual
 from genface.models import load_generative
-from genface.models.autoencoder import VAEGAN, ReconstructionGrid, class_index
-from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian, VGGPerceptual
+from genface.models.autoencoder import VAEGAN, class_index
+from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian
 from helpers import StepRecorder, TinyImages, tiny_trainer
 
 RES = 16
@@ -129,7 +131,7 @@ def test_diagonal_gaussian():
 
 def vgg_weights(tmp_path, up_to: int = 8):
     """A random VGG16 `features` state dict up to layer `up_to`, saved as torchvision names it."""
-    from genface.nets.autoencoder import _VGG16_CFG
+    from genface.losses import _VGG16_CFG
 
     layers, ch = [], 3
     for v in _VGG16_CFG:

@@ -1,4 +1,4 @@
-"""KL-regularised convolutional autoencoder (first stage of latent diffusion) and a VGG perceptual loss.
+"""KL-regularised convolutional autoencoder (first stage of latent diffusion); its perceptual loss is in losses.py.
 
 Encoder: residual blocks with self-attention at chosen resolutions, down-sampling between levels (seed 002,
 latent-diffusion's `Encoder`). The latent is either spatial, (z_channels, r, r) with r = resolution /
@@ -9,17 +9,11 @@ layer on the flattened bottleneck (seed 002's 256-d latent). The decoder mirrors
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genface.nets.unet import AttentionBlock
-
-#: Indices of ReLU outputs in torchvision's VGG16 `features` (relu1_2, relu2_2, relu3_3, relu4_3), LPIPS' taps.
-VGG16_TAPS = (3, 8, 15, 22)
-_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -170,61 +164,3 @@ class AutoencoderKL(nn.Module):
     def forward(self, x: Tensor, sample: bool = True) -> tuple[Tensor, DiagonalGaussian]:
         posterior = self.encode(x)
         return self.decode(posterior.sample() if sample else posterior.mode()), posterior
-
-
-class VGGPerceptual(nn.Module):
-    """Distance between VGG16 features of two images (LPIPS' taps, unit-normalised channels, no learned
-    weights). The weights come from a file, never from the network: torchvision's `vgg16-397923af.pth` or
-    any state dict holding `features.N.weight/bias` up to the deepest tap."""
-
-    def __init__(self, weights_path: str | Path, taps: Sequence[int] = VGG16_TAPS) -> None:
-        super().__init__()
-        path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"model.perceptual.weights: no VGG16 weights file at {path} (expected torchvision's vgg16 state "
-                "dict, e.g. vgg16-397923af.pth); set model.perceptual.weights=null to train without perceptual loss"
-            )
-        self.taps = sorted(set(taps))
-        layers: list[nn.Module] = []
-        ch = 3
-        for v in _VGG16_CFG:
-            if len(layers) > self.taps[-1]:
-                break
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(ch, v, 3, padding=1), nn.ReLU(inplace=False)]
-                ch = v
-        self.features = nn.Sequential(*layers[: self.taps[-1] + 1])
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        wanted = self.features.state_dict().keys()
-        missing = [k for k in wanted if f"features.{k}" not in state]
-        if missing:
-            raise ValueError(
-                f"model.perceptual.weights={path} lacks VGG16 keys {['features.' + k for k in missing[:4]]}"
-            )
-        self.features.load_state_dict({k: state[f"features.{k}"] for k in wanted})
-        self.requires_grad_(False)
-        self.eval()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def train(self, mode: bool = True) -> VGGPerceptual:
-        return super().train(False)  # a frozen feature extractor: dropout/batch statistics never apply
-
-    def _feats(self, x: Tensor) -> list[Tensor]:
-        x = ((x.expand(-1, 3, -1, -1) + 1) / 2 - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
-        return out
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """(N,) perceptual distance between images in [-1, 1]."""
-        return sum(
-            F.mse_loss(a, b, reduction="none").sum(1).mean((1, 2))
-            for a, b in zip(self._feats(x), self._feats(y))
-        )
