@@ -117,17 +117,24 @@ class DDPM(GenerativeModule):
     def default_labels(self, n: int) -> Tensor | None:
         return torch.arange(n) % self.num_classes if self.num_classes else None
 
-    def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
-        x_T = latents.reshape(-1, *self.image_shape)
+    @property
+    def diffusion_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in the space the diffusion runs in: the image here, a latent in subclasses."""
+        return self.image_shape
+
+    def _decode(self, x: Tensor) -> Tensor:
+        """Diffusion space -> images in [-1, 1]: the identity for pixel diffusion (latent diffusion decodes)."""
+        return x
+
+    def _ddim(self, x_T: Tensor, labels: Tensor | None, eta: float, **kw: Any) -> Any:
+        """DDIM from x_T (diffusion space) with `sample_steps`, the configured prediction type and guidance."""
         return ddim_sample(
-            self._model_fn(self._class_index(labels)),
-            self.schedule,
-            x_T,
-            steps=self.sample_steps,
-            eta=0.0,
-            pred_type=self.hparams.pred_type,
-            clip_x0=self.hparams.clip_x0,
-        )
+            self._model_fn(self._class_index(labels)), self.schedule, x_T, steps=self.sample_steps, eta=eta,
+            pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0, **kw,
+        )  # fmt: skip
+
+    def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
+        return self._decode(self._ddim(latents.reshape(-1, *self.diffusion_shape), labels, eta=0.0))
 
     # ----- sampling beyond the contract -----------------------------------------------------------
     @contextlib.contextmanager
@@ -150,25 +157,22 @@ class DDPM(GenerativeModule):
         self, latents: Tensor, labels: Tensor | None = None, every: int = 1
     ) -> tuple[Tensor, list[PathStep]]:
         """`generate(latents, labels)` plus the sampling path: every `every`-th DDIM step (and the last)
-        as (t, x_t, predicted x0), CPU tensors, for denoising-path pictures (`genface.viz.diffusion`)."""
+        as (t, x_t, predicted x0), decoded to images, CPU tensors, for denoising-path pictures
+        (`genface.viz.diffusion`)."""
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         labels = self._check_labels_given(labels)
-        x_T = latents.to(self.device).reshape(-1, *self.image_shape)
-        with self._sampling_scope():
-            images, raw = ddim_sample(
-                self._model_fn(self._class_index(labels)),
-                self.schedule,
-                x_T,
-                steps=self.sample_steps,
-                eta=0.0,
-                pred_type=self.hparams.pred_type,
-                clip_x0=self.hparams.clip_x0,
-                return_path=True,
-            )
+        x_T = latents.to(self.device).reshape(-1, *self.diffusion_shape)
         steps = ddim_timesteps(self.schedule.num_timesteps, self.sample_steps)
         last = len(steps) - 1
-        path = [(t, x_t, x0) for k, (t, (x_t, x0)) in enumerate(zip(steps, raw)) if k % every == 0 or k == last]
+        with self._sampling_scope():
+            final, raw = self._ddim(x_T, labels, eta=0.0, return_path=True)
+            path = [
+                (t, self._decode(x_t.to(self.device)).cpu(), self._decode(x0.to(self.device)).cpu())
+                for k, (t, (x_t, x0)) in enumerate(zip(steps, raw))
+                if k % every == 0 or k == last
+            ]
+            images = self._decode(final)
         return images.clamp(-1, 1), path
 
     def generate_stochastic(
@@ -182,17 +186,16 @@ class DDPM(GenerativeModule):
         sampler over all T steps, `"ddim"` is DDIM with `sample_steps` and `eta`. Not the contract: the
         result depends on the per-step noise drawn from `generator`, not only on x_T."""
         labels = self._check_labels_given(labels)
-        x_T = self.sample_latents(n, generator=generator).reshape(n, *self.image_shape)
-        common = dict(pred_type=self.hparams.pred_type, generator=generator, clip_x0=self.hparams.clip_x0)
+        x_T = self.sample_latents(n, generator=generator).reshape(n, *self.diffusion_shape)
         with self._sampling_scope():
-            model_fn = self._model_fn(self._class_index(labels))
             if self.sampler == "ddpm":
-                out = ddpm_sample(model_fn, self.schedule, x_T, progress=progress, **common)
+                out = ddpm_sample(
+                    self._model_fn(self._class_index(labels)), self.schedule, x_T, pred_type=self.hparams.pred_type,
+                    generator=generator, clip_x0=self.hparams.clip_x0, progress=progress,
+                )  # fmt: skip
             else:
-                out = ddim_sample(
-                    model_fn, self.schedule, x_T, steps=self.sample_steps, eta=self.eta, progress=progress, **common
-                )
-        return out.clamp(-1, 1)
+                out = self._ddim(x_T, labels, eta=self.eta, generator=generator, progress=progress)
+            return self._decode(out).clamp(-1, 1)
 
     def _model_fn(self, y: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
         """The network as `model_fn(x_t, t)`; with guidance, out_uncond + s·(out_cond - out_uncond).

@@ -18,10 +18,9 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
-from genface.diffusion import ddim_sample, ddim_timesteps, ddpm_sample
 from genface.models import load_module
 from genface.models.autoencoder import VAEGAN
-from genface.models.ddpm import DDPM, PathStep
+from genface.models.ddpm import DDPM
 from genface.viz.latents import class_rows
 
 
@@ -183,58 +182,12 @@ class LatentDiffusion(DDPM):
     def latent_dim(self) -> int:
         return math.prod(self.latent_shape)
 
-    def _sample(self, z_T: Tensor, labels: Tensor | None, eta: float, **kw: Any) -> Any:
-        return ddim_sample(
-            self._model_fn(self._class_index(labels)), self.schedule, z_T, steps=self.sample_steps, eta=eta,
-            pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0, **kw,
-        )  # fmt: skip
+    @property
+    def diffusion_shape(self) -> tuple[int, ...]:
+        return self.latent_shape
 
-    def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
-        return self.decode_latents(self._sample(latents.reshape(-1, *self.latent_shape), labels, eta=0.0))
-
-    def generate_with_path(
-        self, latents: Tensor, labels: Tensor | None = None, every: int = 1
-    ) -> tuple[Tensor, list[PathStep]]:
-        """`generate` plus the path, decoded to images: every `every`-th DDIM step (and the last) as
-        (t, decoded x_t, decoded predicted x0), CPU tensors, for `genface.viz.diffusion` pictures."""
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        labels = self._check_labels_given(labels)
-        z_T = latents.to(self.device).reshape(-1, *self.latent_shape)
-        steps = ddim_timesteps(self.schedule.num_timesteps, self.sample_steps)
-        last = len(steps) - 1
-        with self._sampling_scope():
-            _, raw = self._sample(z_T, labels, eta=0.0, return_path=True)
-            path = [
-                (
-                    t,
-                    self.decode_latents(z_t.to(self.device)).cpu(),
-                    self.decode_latents(z0.to(self.device)).cpu(),
-                )
-                for k, (t, (z_t, z0)) in enumerate(zip(steps, raw))
-                if k % every == 0 or k == last
-            ]
-        return path[-1][2], path
-
-    def generate_stochastic(
-        self,
-        n: int,
-        labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """n fresh images with the configured stochastic sampler (DDPM ancestral, or DDIM with `eta`)."""
-        labels = self._check_labels_given(labels)
-        z_T = self.sample_latents(n, generator=generator).reshape(n, *self.latent_shape)
-        common = dict(pred_type=self.hparams.pred_type, generator=generator, clip_x0=self.hparams.clip_x0)
-        with self._sampling_scope():
-            if self.sampler == "ddpm":
-                z0 = ddpm_sample(
-                    self._model_fn(self._class_index(labels)), self.schedule, z_T, progress=progress, **common
-                )
-            else:
-                z0 = self._sample(z_T, labels, eta=self.eta, generator=generator, progress=progress)
-            return self.decode_latents(z0)
+    def _decode(self, x: Tensor) -> Tensor:
+        return self.decode_latents(x)
 
     # ----- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
