@@ -189,9 +189,7 @@ class VAEGAN(GenerativeModule):
             d_weight = self.adaptive_weight(rec_loss, g_loss)
             loss = loss + d_weight * g_loss
             logs.update({"train/loss_g": g_loss.detach(), "train/d_weight": d_weight})
-        opt_ae.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_ae.step()
+        self.optimizer_update(opt_ae, loss)
         if opt_d is not None:
             self.untoggle_optimizer(opt_ae)
 
@@ -200,9 +198,7 @@ class VAEGAN(GenerativeModule):
             loss_d = discriminator_loss(
                 self.hparams.gan_loss, self.discriminator(x), self.discriminator(rec.detach())
             )
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
+            self.optimizer_update(opt_d, loss_d)
             self.untoggle_optimizer(opt_d)
             logs["train/loss_d"] = loss_d.detach()
         self.ae_steps += 1

@@ -47,7 +47,33 @@ class EMAWeights(nn.Module):
             shadow.copy_(tmp)
 
 
-class GenerativeModule(pl.LightningModule):
+class AdversarialTraining:
+    """Manual-optimisation helpers of the adversarial modules (GANs, Pix2Pix, VAE-GAN): mixed into
+    LightningModules, they use `manual_backward` and `log_dict`."""
+
+    def optimizer_update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One manual-optimisation update: zero the gradients, backward (precision and DDP aware), step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def log_adversarial(
+        self, loss_d: torch.Tensor, loss_g: torch.Tensor, d_real: torch.Tensor, d_fake: torch.Tensor, batch_size: int,
+        **extra: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """The training curves every GAN logs: both losses and D's mean belief that reals / fakes are real
+        (probabilities, detached here), plus any `extra` train/<name> values."""
+        logs = {
+            "train/loss_d": loss_d.detach(),
+            "train/loss_g": loss_g.detach(),
+            "train/d_real": d_real.detach().mean(),
+            "train/d_fake": d_fake.detach().mean(),
+            **{f"train/{name}": value.detach() for name, value in extra.items()},
+        }
+        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+
+
+class GenerativeModule(AdversarialTraining, pl.LightningModule):
     """Base of every generator family.
 
     Subclasses implement `latent_dim`, `sample_latents` and `_generate`; callers use `generate`, which

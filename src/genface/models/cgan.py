@@ -209,30 +209,19 @@ class ConditionalGAN(GenerativeModule):
                 fake = self.generator(torch.randn(n, self.latent_dim, device=self.device), y)
             real_logits, fake_logits = self.discriminator(real, y), self.discriminator(fake, y)
             loss_d = self._discriminator_loss(real_logits, fake_logits, y)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
+            self.optimizer_update(opt_d, loss_d)
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
         fake = self.generator(torch.randn(n, self.latent_dim, device=self.device), y)
         loss_g = self._generator_loss(self.discriminator(fake, y), y)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        self.optimizer_update(opt_g, loss_g)
         self.untoggle_optimizer(opt_g)
         self.update_ema()
 
-        logs = {
-            "train/loss_d": loss_d.detach(),
-            "train/loss_g": loss_g.detach(),
-            "train/d_real": self.p_real(real_logits.detach()).mean(),
-            "train/d_fake": self.p_real(fake_logits.detach()).mean(),
-        }
         accuracy = self.class_accuracy(real_logits.detach(), y)
-        if accuracy is not None:
-            logs["train/d_class_acc"] = accuracy
-        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        extra = {} if accuracy is None else {"d_class_acc": accuracy}
+        self.log_adversarial(loss_d, loss_g, self.p_real(real_logits), self.p_real(fake_logits), n, **extra)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """D on held-out reals: acceptance (over-fitting signal) and, for heads that classify, accuracy."""

@@ -72,32 +72,17 @@ class DCGAN(GenerativeModule):
                 fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
             real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
             loss_d = discriminator_loss(kind, real_logits, fake_logits)
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
-            opt_d.step()
+            self.optimizer_update(opt_d, loss_d)
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
         fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
         loss_g = generator_loss(kind, self.discriminator(fake))
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        self.optimizer_update(opt_g, loss_g)
         self.untoggle_optimizer(opt_g)
         self.update_ema()
 
-        self.log_dict(
-            {
-                "train/loss_d": loss_d.detach(),
-                "train/loss_g": loss_g.detach(),
-                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
-                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-            },
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=n,
-        )
+        self.log_adversarial(loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), n)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """How confidently D accepts held-out real images: a cheap over-fitting signal beside FID."""

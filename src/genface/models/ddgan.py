@@ -190,32 +190,17 @@ class DDGAN(GenerativeModule):
             r1 = r1_penalty(real_logits, x_prev)
             total_d = loss_d + 0.5 * self.hparams.r1_gamma * r1
             self.log("train/r1", r1.detach(), on_step=True, on_epoch=True, batch_size=n)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(total_d)
-        opt_d.step()
+        self.optimizer_update(opt_d, total_d)
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
         t, _, x_t = self._real_pair(real)
         loss_g = generator_loss(kind, self.discriminator(self._fake_prev(x_t, t), x_t, t))
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        self.optimizer_update(opt_g, loss_g)
         self.untoggle_optimizer(opt_g)
         self.update_ema()
 
-        self.log_dict(
-            {
-                "train/loss_d": loss_d.detach(),
-                "train/loss_g": loss_g.detach(),
-                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
-                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-            },
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=n,
-        )
+        self.log_adversarial(loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), n)
 
     def on_train_epoch_end(self) -> None:
         # Manual optimisation: Lightning leaves scheduler stepping to the module.

@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss
+from genface.models.base import AdversarialTraining
 
 
 def linear_decay(lr_constant_epochs: int, lr_decay_epochs: int):
@@ -38,7 +39,7 @@ def linear_decay(lr_constant_epochs: int, lr_decay_epochs: int):
     return factor
 
 
-class Pix2Pix(pl.LightningModule):
+class Pix2Pix(AdversarialTraining, pl.LightningModule):
     """Paired translation source -> target on `(source, target)` batches.
 
     Args:
@@ -119,34 +120,20 @@ class Pix2Pix(pl.LightningModule):
         real_logits = self.discriminator(self._d_input(source, target))
         fake_logits = self.discriminator(self._d_input(source, fake.detach()))
         loss_d = 0.5 * discriminator_loss(kind, real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        opt_d.step()
+        self.optimizer_update(opt_d, loss_d)
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)
         loss_gan = generator_loss(kind, self.discriminator(self._d_input(source, fake)))
         loss_l1 = F.l1_loss(fake, target)
         loss_g = loss_gan + self.hparams.lambda_l1 * loss_l1
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        self.optimizer_update(opt_g, loss_g)
         self.untoggle_optimizer(opt_g)
 
-        self.log_dict(
-            {
-                "train/loss_d": loss_d.detach(),
-                "train/loss_g": loss_g.detach(),
-                "train/loss_g_gan": loss_gan.detach(),
-                "train/l1": loss_l1.detach(),
-                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),
-                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-            },
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=source.size(0),
-        )
+        self.log_adversarial(
+            loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), source.size(0),
+            loss_g_gan=loss_gan, l1=loss_l1,
+        )  # fmt: skip
 
     def on_train_epoch_end(self) -> None:
         # Manual optimisation: Lightning leaves scheduler stepping to the module.
