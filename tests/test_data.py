@@ -287,7 +287,7 @@ def test_global_batch_is_split_over_ranks(celeba):
     dm.trainer = SimpleNamespace(world_size=3)
     with pytest.raises(ValueError, match=r"data.batch_size=4 .* world size 3"):
         dm.train_dataloader()
-    with pytest.raises(ValueError, match=r"train split has 8 images, fewer than the per-rank batch of 16"):
+    with pytest.raises(ValueError, match=r"train split has 8 samples, fewer than the per-rank batch of 16"):
         celeba_dm(root, batch_size=16).train_dataloader()
 
 

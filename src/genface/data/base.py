@@ -288,7 +288,55 @@ def fraction_tag(fractions: Sequence[float], seed: int) -> str:
 # ---------------------------------------------------------------------------------------- DataModule
 
 
-class ImageDataModule(pl.LightningDataModule, metaclass=ABCMeta):
+class GlobalBatchLoaders:
+    """Dataloaders of a genface DataModule: `batch_size` is the GLOBAL batch, each rank loads
+    `batch_size // world_size`; shuffled, last-dropped train batches; pinned memory on CUDA. Needs
+    `batch_size`, `num_workers`, `dataset_id`, `trainer` and `split_dataset(split, augment=False)`."""
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        """``batch_size // world_size``; a global batch the world size does not divide is an error."""
+        world_size = int(self.trainer.world_size) if self.trainer is not None else 1
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the world size "
+                f"{world_size} (devices x nodes); use a multiple of {world_size}"
+            )
+        return self.batch_size // world_size
+
+    def _pin_memory(self) -> bool:
+        if self.trainer is not None:
+            return isinstance(getattr(self.trainer, "accelerator", None), CUDAAccelerator)
+        return torch.cuda.is_available()
+
+    def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.per_rank_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin_memory(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.split_dataset("train", augment=True)
+        if len(dataset) < self.per_rank_batch_size:
+            raise ValueError(
+                f"{self.dataset_id}: the train split has {len(dataset)} samples, fewer than the per-rank batch "
+                f"of {self.per_rank_batch_size} (data.batch_size={self.batch_size}); drop_last would leave no batch"
+            )
+        return self._loader(dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("val"), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("test"), train=False)
+
+
+class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCMeta):
     """Base of every genface DataModule.
 
     Subclasses set ``label_kind``, ``class_names``, ``target_names`` and ``dataset_id`` in ``__init__``
@@ -425,48 +473,6 @@ class ImageDataModule(pl.LightningDataModule, metaclass=ABCMeta):
             self.split_dataset(split)
 
     # ----------------------------------------------------------------------------------- dataloaders
-
-    @property
-    def per_rank_batch_size(self) -> int:
-        """``batch_size // world_size``; a global batch the world size does not divide is an error."""
-        world_size = int(self.trainer.world_size) if self.trainer is not None else 1
-        if self.batch_size % world_size:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the world size "
-                f"{world_size} (devices x nodes); use a multiple of {world_size}"
-            )
-        return self.batch_size // world_size
-
-    def _pin_memory(self) -> bool:
-        if self.trainer is not None:
-            return isinstance(getattr(self.trainer, "accelerator", None), CUDAAccelerator)
-        return torch.cuda.is_available()
-
-    def _loader(self, dataset: ImageDataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.per_rank_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self._pin_memory(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.split_dataset("train", augment=True)
-        if len(dataset) < self.per_rank_batch_size:
-            raise ValueError(
-                f"{self.dataset_id}: the train split has {len(dataset)} images, fewer than the per-rank batch "
-                f"of {self.per_rank_batch_size} (data.batch_size={self.batch_size}); drop_last would leave no batch"
-            )
-        return self._loader(dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("val"), train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("test"), train=False)
 
     # ----------------------------------------------------------------------------------------- cache
 

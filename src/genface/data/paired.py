@@ -27,11 +27,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pytorch_lightning.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from genface.data.base import (
     SPLITS,
+    GlobalBatchLoaders,
     ImageDataModule,
     Split,
     _open_image,
@@ -194,7 +194,7 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- DataModules
 
 
-class PairedDataModule(pl.LightningDataModule, metaclass=ABCMeta):
+class PairedDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCMeta):
     """Loaders and bookkeeping shared by paired DataModules; subclasses build the split datasets.
 
     `batch_size` is the GLOBAL batch, as everywhere in genface: each rank loads batch_size // world_size.
@@ -223,43 +223,6 @@ class PairedDataModule(pl.LightningDataModule, metaclass=ABCMeta):
         if key not in self._datasets:
             self._datasets[key] = self._build_split(split, augment)
         return self._datasets[key]
-
-    @property
-    def per_rank_batch_size(self) -> int:
-        world_size = int(self.trainer.world_size) if self.trainer is not None else 1
-        if self.batch_size % world_size:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} is the global batch and must be divisible by the world size "
-                f"{world_size}; use a multiple of {world_size}"
-            )
-        return self.batch_size // world_size
-
-    def _loader(self, dataset: Dataset[Pair], train: bool) -> DataLoader:
-        pin = self.trainer is not None and isinstance(getattr(self.trainer, "accelerator", None), CUDAAccelerator)
-        return DataLoader(
-            dataset,
-            batch_size=self.per_rank_batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=pin,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = self.split_dataset("train", augment=True)
-        if len(dataset) < self.per_rank_batch_size:  # type: ignore[arg-type]
-            raise ValueError(
-                f"{self.dataset_id}: the train split has {len(dataset)} pairs, fewer than the per-rank batch of "  # type: ignore[arg-type]
-                f"{self.per_rank_batch_size} (data.batch_size={self.batch_size})"
-            )
-        return self._loader(dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("val"), train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("test"), train=False)
 
 
 class PairedFolderDataModule(PairedDataModule):
