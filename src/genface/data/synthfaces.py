@@ -35,6 +35,7 @@ and beards stay distinguishable from skin.
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import json
 import multiprocessing
 import os
@@ -52,6 +53,7 @@ IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 META_FILE = "synthfaces.json"
+LOCK_FILE = ".synthfaces.lock"
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -852,7 +854,9 @@ def _run_jobs(jobs: list[tuple[str, int, int, int, int]], workers: int) -> Itera
     if workers == 1 or len(jobs) == 1:
         yield from map(_render_chunk, jobs)
         return
-    with multiprocessing.get_context().Pool(workers) as pool:
+    # spawn, not fork: the caller usually holds torch's thread pools, and a forked copy of a threaded
+    # process can deadlock; the workers need only this module (numpy + PIL).
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap_unordered(_render_chunk, jobs)
 
 
@@ -886,6 +890,33 @@ def generate_synthfaces(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if is_complete(root, n, resolution, seed, split_fractions=fractions):
         return root
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / LOCK_FILE):  # two runs (multirun jobs, tests) asking for the same folder at once
+        if is_complete(root, n, resolution, seed, split_fractions=fractions):
+            return root  # the other run finished it while this one waited
+        _render(root, n, resolution, seed, fractions, workers, progress)
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An advisory lock file held for the block (no-op where fcntl does not exist)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no concurrent-render protection
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _render(
+    root: Path, n: int, resolution: int, seed: int, fractions: tuple[float, ...], workers: int, progress: bool
+) -> None:
     _clear(root)
     img_dir = root / IMAGE_DIR
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -914,4 +945,3 @@ def generate_synthfaces(
     tmp = root / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, root / META_FILE)
-    return root
