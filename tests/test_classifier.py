@@ -216,6 +216,21 @@ def test_validation_metrics_match_scikit_learn_and_the_report_is_written(tmp_pat
     assert csv_rows[0] == "attribute,acc,bal_acc,f1,auroc" and len(csv_rows) == 4
 
 
+def test_a_single_attribute_classifier_validates_like_a_multi_attribute_one(tmp_path):
+    """One attribute (e.g. a Smiling judge): binary metrics, the same table and logged names."""
+    dm = StripesData(n=96, batch_size=32)
+    loader = DataLoader(TensorDataset(dm.x, dm.targets[:, :1]), batch_size=32)
+    model = tiny_classifier(class_names=["A"])
+    metrics = tiny_trainer(tmp_path).validate(model, dataloaders=loader, verbose=False)[0]
+    with torch.no_grad():
+        scores = model.predict_proba(dm.x)[:, 0].numpy()
+    y = dm.targets[:, 0].numpy().astype(int)
+    got = model.results["val"]
+    assert got["bal_acc"] == pytest.approx([balanced_accuracy_score(y, scores >= 0.5)], abs=1e-6)
+    assert got["auroc"] == pytest.approx([roc_auc_score(y, scores)], abs=1e-4)
+    assert {"val/bal_acc_mean", "val/bal_acc/A", "val/auroc_mean"} <= set(metrics)
+
+
 def test_class_labels_use_cross_entropy_and_per_class_metrics(tmp_path):
     x = torch.rand(48, 3, 16, 16) * 2 - 1
     y = torch.arange(48) % 3

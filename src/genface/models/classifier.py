@@ -18,6 +18,11 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryRecall,
+    BinarySpecificity,
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
@@ -114,7 +119,15 @@ class Classifier(pl.LightningModule):
         self.test_metrics = self._metrics(k, "test/")
 
     def _metrics(self, k: int, prefix: str) -> MetricCollection:
-        if self.label_kind == "attributes":
+        if self.label_kind == "attributes" and k == 1:  # torchmetrics' multilabel needs >= 2 labels
+            metrics = {
+                "acc": BinaryAccuracy(),
+                "recall": BinaryRecall(),
+                "specificity": BinarySpecificity(),
+                "f1": BinaryF1Score(),
+                "auroc": BinaryAUROC(),
+            }
+        elif self.label_kind == "attributes":
             metrics = {
                 "acc": MultilabelAccuracy(num_labels=k, average=None),
                 "recall": MultilabelRecall(num_labels=k, average=None),
@@ -232,6 +245,8 @@ class Classifier(pl.LightningModule):
         )
         if self.label_kind == "class":
             metrics.update(logits.softmax(dim=1), y.long())
+        elif logits.shape[1] == 1:
+            metrics.update(torch.sigmoid(logits[:, 0]), y[:, 0].long())
         else:
             metrics.update(torch.sigmoid(logits), y.long())
         self._updated.add(split)
@@ -246,7 +261,7 @@ class Classifier(pl.LightningModule):
         if split not in self._updated:
             return
         self._updated.discard(split)
-        raw = {k.removeprefix(f"{split}/"): v.float().cpu() for k, v in metrics.compute().items()}
+        raw = {k.removeprefix(f"{split}/"): v.float().cpu().reshape(-1) for k, v in metrics.compute().items()}
         metrics.reset()
         # Balanced accuracy per class: mean of the recall of positives and of negatives (one-vs-rest).
         recall = raw.pop("recall", raw["acc"] if self.label_kind == "class" else None)
