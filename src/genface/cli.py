@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ("genface.evaluate", "FID/KID of folders or a checkpoint: genface evaluate real=DIR fake=DIR"),
     "analyze": ("genface.analyze", "latent directions and edits: genface analyze all generator=G classifier=C"),
     "prepare": ("genface.prepare", "decode a dataset once into the array cache: genface prepare data=celeba"),
+    "sweep-wandb": ("genface.sweeps", "a `wandb sweep` YAML from a search: genface sweep-wandb hparams_search=dcgan ..."),
 }
 # DDP re-launches this process per rank without the sub-command in argv; it travels in the environment.
 _ENV = "GENFACE_COMMAND"
@@ -19,7 +20,8 @@ _ENV = "GENFACE_COMMAND"
 
 def usage() -> str:
     lines = ["usage: genface <command> [overrides...] [-m] [--cfg job] [--help]", "", "commands:"]
-    lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Each command is a Hydra app over conf/: see `genface <command> --help`."]
     return "\n".join(lines)
 

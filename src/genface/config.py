@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genface import ROOT
 
@@ -15,11 +18,73 @@ CONF_DIR = ROOT / "conf"
 
 def _wandb_offline() -> bool:
     """W&B runs offline unless the user has a key or chose a mode: no network, no crash, `wandb sync` later."""
-    return not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "offline") == "offline"
+    # Lightning's WandbLogger(offline=True) sets WANDB_MODE=dryrun in the process: later runs (multirun) stay offline
+    return not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+
+
+# Model modules whose family has another name in configs and docs.
+_FAMILY_ALIASES = {"autoencoder": "vaegan"}
+
+
+def _hydra_node() -> DictConfig | None:
+    """The running Hydra app's `hydra` node; None where configs are composed without an app (tests)."""
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _run_tags(user_tags: ListConfig | list | None, *, _root_: DictConfig) -> list[str]:
+    """The user's tags, then the run's model family, dataset and experiment, each once: W&B filters by them.
+
+    Family: the model's module (genface.models.dcgan -> dcgan; autoencoder -> vaegan). Dataset: the data
+    module's class (SynthFacesDataModule -> synthfaces), the base set for derived pairs.
+    """
+    derived = []
+    model_target = OmegaConf.select(_root_, "model._target_", default=None)
+    if model_target:
+        module = str(model_target).rsplit(".", 2)[-2]
+        derived.append(_FAMILY_ALIASES.get(module, module))
+    data_target = OmegaConf.select(_root_, "data.base._target_", default=None) or OmegaConf.select(
+        _root_, "data._target_", default=None
+    )
+    if data_target:
+        derived.append(str(data_target).rsplit(".", 1)[-1].removesuffix("DataModule").lower())
+    hydra_node = _hydra_node()
+    experiment = hydra_node.runtime.choices.get("experiment") if hydra_node is not None else None
+    if experiment:
+        derived.append(str(experiment))
+    return list(dict.fromkeys([str(t) for t in (user_tags or [])] + derived))
+
+
+def _run_group(task_name: str) -> str | None:
+    """One W&B group per sweep: a W&B agent's sweep id; an Optuna study kept in a storage (it spans
+    invocations, so its name); else the multirun's sweep directory. A single run has no group."""
+    sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    if sweep_id:
+        return f"wandb-sweep-{sweep_id}"
+    hydra_node = _hydra_node()
+    if hydra_node is None or hydra_node.mode != RunMode.MULTIRUN:
+        return None
+    sweeper = hydra_node.sweeper
+    if sweeper.get("storage") and sweeper.get("study_name"):
+        return str(sweeper.study_name)
+    return f"{task_name}-{Path(str(hydra_node.sweep.dir)).name}"
+
+
+def _run_name(task_name: str) -> str:
+    """`task_name`, with the job number inside a multirun so that a sweep's runs tell apart."""
+    hydra_node = _hydra_node()
+    if hydra_node is None or hydra_node.mode != RunMode.MULTIRUN:
+        return task_name
+    return f"{task_name}-{hydra_node.job.num}"
 
 
 def register_resolvers() -> None:
-    for name, fn in (("genface_root", lambda: str(ROOT)), ("wandb_offline", _wandb_offline)):
+    for name, fn in (
+        ("genface_root", lambda: str(ROOT)),
+        ("wandb_offline", _wandb_offline),
+        ("run_tags", _run_tags),
+        ("run_group", _run_group),
+        ("run_name", _run_name),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

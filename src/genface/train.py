@@ -19,6 +19,10 @@ log = logging.getLogger("genface.train")
 
 def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
     """Fit `cfg.model` on `cfg.data`; returns (objective for sweepers, trainer)."""
+    if cfg.get("smoke"):  # debug=smoke: the experiment shrunk to a few seconds
+        from genface.smoke import apply_smoke
+
+        apply_smoke(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
@@ -30,13 +34,77 @@ def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
     for lg in trainer.loggers:
         lg.log_hyperparams(to_container(cfg))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+    _ddp_ranks_join_this_job(trainer)
+    try:
+        # genface checkpoints hold omegaconf containers (Hydra-made hyper-parameters, e.g. data.attributes), which
+        # torch's weights_only unpickler refuses: the runs' own files are trusted, as in genface.models.load_module.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        if cfg.get("test"):
+            best = "best" if trainer.checkpoint_callback else None
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    except BaseException:
+        _release_ddp_ranks(trainer, failed=True)
+        raise
 
     objective = trainer.callback_metrics.get(cfg.objective) if cfg.get("objective") else None
     _print_outputs(trainer)
+    _release_ddp_ranks(trainer)
     return (float(objective) if objective is not None else None), trainer
+
+
+def _ddp_ranks_join_this_job(trainer: pl.Trainer) -> None:
+    """Make the DDP ranks that Lightning starts from a multirun job run this job, in this job's directory.
+
+    Lightning starts ranks 1.. as `<sys.argv> hydra.run.dir=<hydra.run.dir>`. Inside a multirun that argv
+    is the whole sweep (`-m`, `lr=1e-4,2e-4`, an Optuna search) and run.dir is not the job's directory, so
+    every rank would start a sweep of its own, in new directories, and pair with rank 0 by chance. Give them
+    this job's overrides (the ones the sweeper chose) in RUN mode (a search config may set hydra.mode), and its
+    output directory as run.dir.
+    """
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or trainer.world_size < 2:
+        return
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None or environment.creates_processes_externally:  # SLURM, torchrun: nothing to start
+        return
+    hydra_cfg = HydraConfig.get()
+    sweep_only = ("hydra.mode=", "hydra.sweep", "hydra.sweeper", "hydra.launcher", "hydra/sweeper=", "hydra/launcher=")
+    kept = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(sweep_only)]
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, *kept, "hydra.mode=RUN"]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def _release_ddp_ranks(trainer: pl.Trainer, failed: bool = False) -> None:
+    """Where this process started the other DDP ranks, wait for them (stop them if this rank `failed`: they
+    would wait for it in a collective) and undo what the start left behind (the process group, LOCAL_RANK,
+    WORLD_SIZE, MASTER_PORT...): otherwise the next job of a multirun, in this same process, would take them
+    for ranks launched from outside and wait for ranks that are gone."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    children = list(getattr(launcher, "procs", None) or [])
+    if not children:
+        return
+    # Lightning's child-process observer watches this same list and kills this process when a child ends with
+    # an error: empty it first, so that a failed job ends the job, not the whole sweep.
+    launcher.procs.clear()
+    for child in children:
+        if failed:
+            child.send_signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+        child.wait()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
 
 
 @rank_zero_only
@@ -53,8 +121,24 @@ def _print_outputs(trainer: pl.Trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    objective, _ = train(cfg)
-    return objective
+    """Train; return the run's BEST `objective` (not its last value) to a sweeper such as Optuna.
+
+    Inside a multirun a crash is logged with its traceback into the run's log and re-raised: the sweeper
+    reports the trial as failed and goes on with the study (hparams_search: max_failure_rate).
+    """
+    from genface import sweeps
+
+    failed = True
+    try:
+        _, trainer = train(cfg)
+        objective = sweeps.run_objective(trainer, cfg.get("objective"))
+        failed = False
+        return objective
+    except Exception:
+        sweeps.log_failed_trial()
+        raise
+    finally:
+        sweeps.finish_wandb_run(failed)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ class TranslationFID(pl.Callback):
         self._record_protocol(trainer, values["n_fake"], self._real.n)
 
     def _record_protocol(self, trainer: pl.Trainer, n_fake: int, n_real: int) -> None:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir broadcasts: call it on every rank
+        log_dir = Path(trainer.default_root_dir)  # the run directory, next to checkpoints/ (as FIDCallback)
         if not trainer.is_global_zero:
             return
         extractor = self.outputs.extractor

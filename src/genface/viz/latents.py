@@ -27,7 +27,9 @@ def project_2d(latents: np.ndarray, method: str = "tsne", seed: int = 0) -> np.n
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(x)
     perplexity = float(min(30.0, (len(x) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    # Barnes-Hut's tree and thread pool cost seconds even for a handful of points: exact below a few hundred.
+    method = "exact" if len(x) < 300 else "barnes_hut"
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=method).fit_transform(x)
 
 
 def latent_scatter(
