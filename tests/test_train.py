@@ -150,12 +150,3 @@ def test_cli_train_then_sample(tmp_path):
 def test_sample_without_ckpt_is_a_clear_error(tmp_path):
     res = run_cli("sample", "hydra.run.dir=" + str(tmp_path / "s"), tmp_path=tmp_path)
     assert res.returncode != 0 and "needs ckpt=PATH" in res.stderr
-
-
-@pytest.mark.slow
-def test_ddp_cpu_training_runs_two_ranks_in_one_run_dir(tmp_path):
-    run_dir = tmp_path / "run"
-    res = run_cli("train", *TINY, "trainer=ddp_cpu", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", tmp_path=tmp_path, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    assert sorted(p.name for p in (tmp_path / "logs").glob("*")) == [] or not any((tmp_path / "logs").rglob("runs"))
