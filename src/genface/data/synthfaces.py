@@ -854,9 +854,9 @@ def _run_jobs(jobs: list[tuple[str, int, int, int, int]], workers: int) -> Itera
     if workers == 1 or len(jobs) == 1:
         yield from map(_render_chunk, jobs)
         return
-    # spawn, not fork: the caller usually holds torch's thread pools, and a forked copy of a threaded
-    # process can deadlock; the workers need only this module (numpy + PIL).
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # The platform's default start method (fork on Linux): spawn/forkserver would re-import the caller's
+    # __main__ (breaking `python -`, unguarded scripts); the workers touch only numpy and PIL.
+    with multiprocessing.get_context().Pool(workers) as pool:
         yield from pool.imap_unordered(_render_chunk, jobs)
 
 
