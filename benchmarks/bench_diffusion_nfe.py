@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from benchmarks.common import best_of, record
+from benchmarks.common import add_device_args, best_of, record, setup_torch
 from genface.config import CONF_DIR
 
 #: resolution and the shared U-Net width per preset: `cpu32` is small enough for DDPM-1000 on a laptop CPU,
@@ -100,12 +100,9 @@ def main() -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu32")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    add_device_args(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = setup_torch(args)
     preset = PRESETS[args.preset]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)

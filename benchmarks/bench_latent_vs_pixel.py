@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from benchmarks.common import best_of, record
+from benchmarks.common import add_device_args, best_of, record, setup_torch
 from genface.config import CONF_DIR
 from genface.models.latent_diffusion import LatentDiffusion
 
@@ -111,12 +111,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    add_device_args(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = setup_torch(args)
     pixel = time_model(
         pixel_model(args.preset, args.resolution), args.resolution, args.batch, args.n, args.steps, device
     )

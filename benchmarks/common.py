@@ -20,6 +20,19 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU"
 
 
+def add_device_args(parser) -> None:
+    """--device and --threads, common to the model benchmarks."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def setup_torch(args) -> torch.device:
+    """Thread count and seed from `args`; returns the device to run on."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return torch.device(args.device)
+
+
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
     """Minimum wall time over repeats: the least disturbed measurement on a shared machine."""
     times = []

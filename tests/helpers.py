@@ -55,3 +55,16 @@ def tiny_trainer(tmp_path, **kw) -> pl.Trainer:
     )
     defaults.update(kw)
     return pl.Trainer(**defaults)
+
+
+#: Every model family, with the CPU experiment written for it (searches, DDP and smoke tests use these).
+FAMILY_EXPERIMENTS = {
+    "dcgan": "dcgan_synthfaces",
+    "cgan": "cgan_synthfaces",
+    "pix2pix": "pix2pix_edges2synthfaces",
+    "ddpm": "ddpm_synthfaces",
+    "ddgan": "ddgan_synthfaces",
+    "vaegan": "vaegan_synthfaces",
+    "latent_diffusion": "latent_diffusion_synthfaces",
+    "classifier": "synthfaces_attr",
+}

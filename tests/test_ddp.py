@@ -18,6 +18,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from helpers import FAMILY_EXPERIMENTS
+
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 
@@ -133,15 +135,7 @@ def check_family(tmp_path: Path, experiment: str, *overrides: str, extra_top: se
 
 
 # DCGAN under DDP is in the fast suite too: test_multirun_of_ddp_jobs_keeps_each_rank_in_its_job runs two jobs of it.
-FAMILIES = {
-    "dcgan": "dcgan_synthfaces",
-    "cgan": "cgan_synthfaces",
-    "pix2pix": "pix2pix_edges2synthfaces",
-    "ddpm": "ddpm_synthfaces",
-    "ddgan": "ddgan_synthfaces",
-    "vaegan": "vaegan_synthfaces",
-    "classifier": "synthfaces_attr",
-}
+FAMILIES = {k: v for k, v in FAMILY_EXPERIMENTS.items() if k != "latent_diffusion"}  # latent diffusion: its own test
 
 
 @pytest.mark.slow

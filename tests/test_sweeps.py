@@ -26,19 +26,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from genface import sweeps
 from genface.config import CONF_DIR
+from helpers import FAMILY_EXPERIMENTS
 from test_train import TINY
-
-# The families, each with the experiment its search is written for.
-FAMILY_EXPERIMENTS = {
-    "dcgan": "dcgan_synthfaces",
-    "cgan": "cgan_synthfaces",
-    "pix2pix": "pix2pix_edges2synthfaces",
-    "ddpm": "ddpm_synthfaces",
-    "ddgan": "ddgan_synthfaces",
-    "vaegan": "vaegan_synthfaces",
-    "latent_diffusion": "latent_diffusion_synthfaces",
-    "classifier": "synthfaces_attr",
-}
 
 
 def compose_with_hydra(tmp_path, *overrides: str):
