@@ -99,7 +99,10 @@ class GenerativeModule(AdversarialTraining, pl.LightningModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(C, H, W) of the images. Default: `channels` and `resolution` of the generator network (the EMA
+        target); families whose net says it otherwise override this."""
+        net = getattr(self, self.ema_target_name)
+        return (net.channels, net.resolution, net.resolution)
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One flat latent per image, (n, latent_dim), on the model's device. Default: standard normal."""

@@ -100,11 +100,6 @@ class ConditionalGAN(GenerativeModule):
     def latent_dim(self) -> int:
         return self.generator.latent_dim
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        g = self.generator
-        return (g.channels, g.resolution, g.resolution)
-
     def default_labels(self, n: int) -> torch.Tensor:
         """Labels for grids drawn `num_classes` per row (SampleGrid): one condition per row.
 

@@ -46,11 +46,6 @@ class DCGAN(GenerativeModule):
     def latent_dim(self) -> int:
         return self.generator.latent_dim
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        g = self.generator
-        return (g.channels, g.resolution, g.resolution)
-
     def _generate(self, latents: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return self.generator(latents)
 

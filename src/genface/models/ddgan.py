@@ -85,11 +85,6 @@ class DDGAN(GenerativeModule):
     def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        g = self.generator
-        return (g.channels, g.resolution, g.resolution)
-
     def latent_layout(self) -> LatentLayout:
         """Slices of the flat latent; see `LatentLayout`. Edit e.g. only the z parts to keep x_T fixed."""
         c, h, w = self.image_shape
