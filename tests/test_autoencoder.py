@@ -175,6 +175,7 @@ def test_perceptual_is_off_without_weights_and_on_with_them(tmp_path):
         ({"gan_loss": "wgan"}, r"model.gan_loss='wgan'"),
         ({"optimizer_d": None}, r"model.discriminator and model.optimizer_d must both be set"),
         ({"center_weight": 1.0}, r"center_weight > 0 needs labelled classes"),
+        ({"class_weight": 1.0, "num_classes": 1}, r"class_weight > 0 needs labelled classes"),
         ({"kl_weight": -1.0}, r"must be >= 0"),
     ],
 )
@@ -244,6 +245,29 @@ def test_center_loss_pulls_means_towards_class_centres(tmp_path):
     _, rec = fit(model, tmp_path, steps=4, dm=TinySmiling(n=32, resolution=RES))
     assert "train/center_step" in rec.rows[-1]
     assert model.centres.abs().sum() > 0  # the centres are learned with the autoencoder
+
+
+class MarkedSmiling(TinySmiling):
+    """TinySmiling whose class-1 images carry a 2x2 mark in a corner: a tiny pixel footprint, like a smile."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.images[self.targets[:, 0] == 1, :, :2, :2] = 1.0
+
+
+def test_class_loss_makes_the_latent_carry_the_class(tmp_path):
+    """The linear head on the latent mean is trained with the autoencoder; with it the class becomes linearly
+    readable from the latent (val/latent_acc), and the cross-entropy falls."""
+    torch.manual_seed(0)
+    model = tiny_vaegan(gan=False, num_classes=2, class_weight=1.0)
+    assert model.class_head.in_features == 16
+    dm = MarkedSmiling(n=32, resolution=RES)
+    trainer, rec = fit(model, tmp_path, steps=4, max_epochs=10, dm=dm, limit_val_batches=4)
+    ce = [row["train/latent_ce_step"] for row in rec.rows]
+    assert sum(ce[-4:]) < 0.5 * sum(ce[:4])
+    assert float(trainer.callback_metrics["val/latent_acc"]) >= 0.9
+    params = {id(p) for group in model.configure_optimizers().param_groups for p in group["params"]}
+    assert {id(p) for p in model.class_head.parameters()} <= params
 
 
 def test_validation_logs_reconstruction_metrics_and_grid(tmp_path):

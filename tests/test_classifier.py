@@ -102,6 +102,17 @@ def test_resnet18_matches_torchvision_and_exposes_features():
     assert resnet18(num_outputs=4, in_channels=1)(torch.randn(2, 1, 16, 16)).shape == (2, 4)
 
 
+def test_stem_without_maxpool_keeps_the_weights_and_doubles_the_feature_maps(tmp_path):
+    pooled = resnet18(num_outputs=3)
+    torch.save(pooled.state_dict(), tmp_path / "pooled.pth")
+    fine = resnet18(num_outputs=3, maxpool=False, weights_path=str(tmp_path / "pooled.pth"))
+    assert n_params(fine) == n_params(pooled) and isinstance(fine.maxpool, nn.Identity)
+    torch.testing.assert_close(fine.layer4[1].conv2.weight, pooled.layer4[1].conv2.weight)
+    x = torch.randn(1, 3, 64, 64)
+    stage1 = lambda net: net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))  # noqa: E731
+    assert stage1(pooled).shape[-1] == 16 and stage1(fine).shape[-1] == 32
+
+
 def test_weights_from_a_path_fit_what_fits(tmp_path):
     source = torchvision.models.resnet18()
     torch.save(source.state_dict(), tmp_path / "resnet18.pth")

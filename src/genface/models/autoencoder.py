@@ -3,7 +3,10 @@
 Loss of the autoencoder: reconstruction (L1 or L2, plus an optional VGG perceptual term) + a KL term whose
 weight warms up linearly + an adversarial term that switches on at `disc_start` with the adaptive weight
 ||∇L_rec|| / ||∇L_G|| at the decoder's last layer (VQGAN), so that the GAN never drowns reconstruction
-whatever the loss scales + an optional centre loss pulling latent means to learned class centres (seed 002).
+whatever the loss scales + optional class losses on the latent mean (seed 002: "classification and center
+losses"): a linear classification head (cross-entropy), which makes the latent keep the class even when its
+pixel footprint is tiny (a smile is a pixel or two at 32 px), and a centre loss pulling means to learned
+class centres.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class VAEGAN(GenerativeModule):
         perceptual: dict[str, Any] | None = None,
         num_classes: int = 0,
         center_weight: float = 0.0,
+        class_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if rec_loss not in REC_LOSSES:
@@ -76,10 +80,11 @@ class VAEGAN(GenerativeModule):
             raise ValueError(
                 "model.discriminator and model.optimizer_d must both be set, or both null (no GAN)"
             )
-        if min(kl_weight, kl_warmup_steps, disc_start, disc_weight, center_weight, num_classes) < 0:
+        if min(kl_weight, kl_warmup_steps, disc_start, disc_weight, center_weight, class_weight, num_classes) < 0:
             raise ValueError("model loss weights, kl_warmup_steps, disc_start and num_classes must be >= 0")
-        if center_weight > 0 and num_classes < 1:
-            raise ValueError("model.center_weight > 0 needs labelled classes: set model.num_classes")
+        for key, weight in (("center_weight", center_weight), ("class_weight", class_weight)):
+            if weight > 0 and num_classes < 2:
+                raise ValueError(f"model.{key} > 0 needs labelled classes: set model.num_classes >= 2")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.autoencoder = instantiate(autoencoder)
@@ -92,6 +97,7 @@ class VAEGAN(GenerativeModule):
         )
         flat = math.prod(self.autoencoder.latent_shape)
         self.centres = nn.Parameter(torch.zeros(num_classes, flat)) if center_weight > 0 else None
+        self.class_head = nn.Linear(flat, num_classes) if class_weight > 0 else None
         # Counts autoencoder updates (Lightning's global_step counts both optimisers): drives KL warm-up and
         # the GAN switch, and is checkpointed so that a resumed run continues the schedule.
         self.register_buffer("ae_steps", torch.zeros((), dtype=torch.long))
@@ -159,9 +165,14 @@ class VAEGAN(GenerativeModule):
         y = class_index(target, self.hparams.num_classes)
         return (posterior.mean.flatten(1) - self.centres[y]).pow(2).sum(1).mean()
 
+    def class_logits(self, posterior: DiagonalGaussian) -> Tensor:
+        """(N, num_classes) logits of the linear head on the latent mean."""
+        return self.class_head(posterior.mean.flatten(1))
+
     # ----- training -------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = list(self.autoencoder.parameters()) + ([self.centres] if self.centres is not None else [])
+        params += list(self.class_head.parameters()) if self.class_head is not None else []
         opt_ae = instantiate(self.hparams.optimizer_ae)(params=params)
         if self.discriminator is None:
             return opt_ae
@@ -184,6 +195,11 @@ class VAEGAN(GenerativeModule):
         if self.centres is not None:
             logs["train/center"] = self.center_loss(posterior, target)
             loss = loss + self.hparams.center_weight * logs["train/center"]
+        if self.class_head is not None:
+            logs["train/latent_ce"] = nn.functional.cross_entropy(
+                self.class_logits(posterior), class_index(target, self.hparams.num_classes)
+            )
+            loss = loss + self.hparams.class_weight * logs["train/latent_ce"]
         if gan_on:
             g_loss = generator_loss(self.hparams.gan_loss, self.discriminator(rec))
             d_weight = self.adaptive_weight(rec_loss, g_loss)
@@ -209,8 +225,13 @@ class VAEGAN(GenerativeModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Reconstruction quality of held-out images from the posterior mean: L1, PSNR and SSIM on [0, 1]."""
-        x, _ = batch
-        rec = self.decode(self.encode(x).mode()).clamp(-1, 1)
+        x, target = batch
+        posterior = self.encode(x)
+        rec = self.decode(posterior.mode()).clamp(-1, 1)
+        if self.class_head is not None:
+            y = class_index(target, self.hparams.num_classes)
+            acc = (self.class_logits(posterior).argmax(1) == y).float().mean()
+            self.log("val/latent_acc", acc, on_epoch=True, batch_size=x.size(0), sync_dist=True)
         a, b = (rec + 1) / 2, (x + 1) / 2
         side = x.shape[-1]
         kernel = min(11, side if side % 2 else side - 1)

@@ -19,11 +19,16 @@ log = logging.getLogger(__name__)
 class ResNetNet(ResNet):
     """torchvision's ResNet whose penultimate (pooled) features are reachable: `features(x) -> (N, D)`.
 
-    `small_stem` replaces the 7x7/2 convolution and the max-pool by one 3x3/1 convolution (the CIFAR
-    variant), so that inputs of 32-64 px keep enough spatial resolution in the residual stages.
+    The stem divides the resolution by 4 (7x7/2 convolution, then a 3x3/2 max-pool). `maxpool=False` drops
+    the max-pool (divides by 2: 4x the compute of the residual stages, same weights, so a checkpoint of
+    either loads into the other), `small_stem` replaces both by one 3x3/1 convolution (the CIFAR variant,
+    16x the compute). Details a pixel or two wide at 64 px (lip thickness, eyebrow shape) need the finer
+    feature maps.
     """
 
-    def __init__(self, num_outputs: int, in_channels: int = 3, small_stem: bool = False) -> None:
+    def __init__(
+        self, num_outputs: int, in_channels: int = 3, small_stem: bool = False, maxpool: bool = True
+    ) -> None:
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         if in_channels not in (1, 3):
@@ -35,6 +40,8 @@ class ResNetNet(ResNet):
             self.maxpool = nn.Identity()
         elif in_channels != 3:
             self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if not maxpool:
+            self.maxpool = nn.Identity()
 
     @property
     def num_features(self) -> int:
@@ -84,10 +91,14 @@ def load_pretrained(net: ResNetNet, path: str | Path) -> list[str]:
 
 
 def resnet18(
-    num_outputs: int, in_channels: int = 3, small_stem: bool = False, weights_path: str | None = None
+    num_outputs: int,
+    in_channels: int = 3,
+    small_stem: bool = False,
+    weights_path: str | None = None,
+    maxpool: bool = True,
 ) -> ResNetNet:
     """ResNet-18 with `num_outputs` logits, randomly initialised or from `weights_path` (never downloaded)."""
-    net = ResNetNet(num_outputs, in_channels=in_channels, small_stem=small_stem)
+    net = ResNetNet(num_outputs, in_channels=in_channels, small_stem=small_stem, maxpool=maxpool)
     if weights_path:
         load_pretrained(net, weights_path)
     return net
