@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,14 +344,17 @@ def _smoke_model(cfg: DictConfig, old: int, new: int, changes: _Changes) -> None
 # ------------------------------------------------------------------------------- metrics, callbacks, trainer
 
 
+def _instantiable(cfg: DictConfig, group: str) -> Iterator[tuple[DictConfig, str]]:
+    """(node, "group.name") for every entry of a group like `metrics` or `callbacks` that has a _target_."""
+    nodes = cfg.get(group)
+    if isinstance(nodes, DictConfig):
+        for name, node in nodes.items():
+            if _target(node):
+                yield node, f"{group}.{name}"
+
+
 def _smoke_metrics(cfg: DictConfig, changes: _Changes) -> None:
-    metrics = cfg.get("metrics")
-    if not isinstance(metrics, DictConfig):
-        return
-    for name, node in metrics.items():
-        if not _target(node):
-            continue
-        where = f"metrics.{name}"
+    for node, where in _instantiable(cfg, "metrics"):
         if "extractor" in node:
             changes.set(node, "extractor", "tiny", where)
             changes.set(node, "extractor_path", None, where)
@@ -365,13 +369,7 @@ def _smoke_metrics(cfg: DictConfig, changes: _Changes) -> None:
 
 
 def _smoke_callbacks(cfg: DictConfig, changes: _Changes) -> None:
-    callbacks = cfg.get("callbacks")
-    if not isinstance(callbacks, DictConfig):
-        return
-    for name, node in callbacks.items():
-        if not _target(node):
-            continue
-        where = f"callbacks.{name}"
+    for node, where in _instantiable(cfg, "callbacks"):
         if "every_n_epochs" in node and not OmegaConf.is_interpolation(node, "every_n_epochs"):
             changes.set(node, "every_n_epochs", 1, where)
         for key, value in CALLBACK_COUNTS.items():
