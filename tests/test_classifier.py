@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from genface.callbacks.classifier_report import ClassifierReport
 from genface.metrics.extractors import ClassifierExtractor
 from genface.models import load_module
-from genface.models.classifier import Classifier
+from genface.models.classifier import Classifier, balanced_thresholds
 from genface.nets.resnet import load_pretrained, resnet18
 from helpers import StepRecorder, tiny_trainer
 
@@ -225,6 +225,77 @@ def test_validation_metrics_match_scikit_learn_and_the_report_is_written(tmp_pat
     assert (tmp_path / "report" / "classifier_val.png").is_file()
     csv_rows = (tmp_path / "report" / "classifier_val.csv").read_text().splitlines()
     assert csv_rows[0] == "attribute,acc,bal_acc,f1,auroc" and len(csv_rows) == 4
+
+
+class BiasedNet(FixedNet):
+    """FixedNet's scores pushed up by 6: at the plain cut (logit 0) attributes A and B are always "present"."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 6.0
+
+
+def best_balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
+    """Brute force: every cut between (and around) the distinct scores."""
+    values = np.unique(scores)
+    cuts = np.concatenate([[values[0] - 1], (values[1:] + values[:-1]) / 2, [values[-1] + 1]])
+    return max(balanced_accuracy_score(y, scores > c) for c in cuts)
+
+
+def test_balanced_thresholds_find_the_best_cut_and_keep_ties_together():
+    g = torch.Generator().manual_seed(1)
+    y = (torch.rand(200, 4, generator=g) < torch.tensor([0.1, 0.5, 0.8, 0.3])).float()
+    logits = 2 * y + torch.randn(200, 4, generator=g) - 3  # informative, but biased low
+    logits[:, 3] = torch.round(logits[:, 3])  # many ties
+    cuts = balanced_thresholds(logits, y)
+    for j in range(4):
+        scores, labels = logits[:, j].numpy(), y[:, j].numpy().astype(int)
+        assert balanced_accuracy_score(labels, scores > cuts[j].item()) == pytest.approx(
+            best_balanced_accuracy(labels, scores), abs=1e-9
+        )
+        assert not np.isin(cuts[j].item(), scores)  # halfway between scores: ties fall on one side
+    assert balanced_accuracy_score(y[:, 0], logits[:, 0] > 0) < 0.75 < balanced_accuracy_score(
+        y[:, 0], logits[:, 0] > cuts[0]
+    )
+    # Absent, always present and uninformative attributes keep the plain cut.
+    flat = torch.stack([torch.zeros(50), torch.ones(50), (torch.arange(50) % 2).float()], 1)
+    assert balanced_thresholds(torch.randn(50, 3, generator=g) * 0 + 1, flat).tolist() == [0, 0, 0]
+
+
+def test_calibration_sets_the_cuts_on_validation_and_the_test_split_uses_them(tmp_path):
+    dm = StripesData(n=96, batch_size=32)
+    plain = tiny_classifier(net={"_target_": "test_classifier.BiasedNet"})
+    tiny_trainer(tmp_path).validate(plain, datamodule=dm, verbose=False)
+    assert plain.decision_logit.tolist() == [0, 0, 0]
+    model = tiny_classifier(net={"_target_": "test_classifier.BiasedNet"}, calibrate=True)
+    trainer = tiny_trainer(tmp_path)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    # Validation judges the plain cut: A and B called present everywhere.
+    assert model.results["val"]["bal_acc"][:2] == [0.5, 0.5]
+    with torch.no_grad():
+        logits = model(dm.x)
+    y = dm.targets.numpy().astype(int)
+    torch.testing.assert_close(model.decision_logit, balanced_thresholds(logits, dm.targets))
+    trainer = tiny_trainer(tmp_path, callbacks=[ClassifierReport()])
+    metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+    got = model.results["test"]["bal_acc"]
+    cuts = torch.sigmoid(model.decision_logit).tolist()
+    assert f"decision cuts (plain probability; calibrated on the validation split, 0.5 = plain): A {cuts[0]:.2f}, " in (
+        tmp_path / "report" / "classifier_test.md"
+    ).read_text()
+    for j in range(3):
+        assert got[j] == pytest.approx(best_balanced_accuracy(y[:, j], logits[:, j].numpy()), abs=1e-6)
+    assert got[0] == 1.0 and got[1] == 1.0 and metrics["test/bal_acc_mean"] > 0.8
+    # predict_proba reads p = 0.5 at the cut; the checkpoint keeps the cuts.
+    with torch.no_grad():
+        present = model.predict_proba(dm.x) > 0.5
+    assert torch.equal(present, logits > model.decision_logit)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    torch.testing.assert_close(load_module(tmp_path / "c.ckpt").decision_logit, model.decision_logit)
+    # A checkpoint from before calibration existed loads with the plain cut.
+    ckpt = torch.load(tmp_path / "c.ckpt", weights_only=False)
+    del ckpt["state_dict"]["decision_logit"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    assert load_module(tmp_path / "old.ckpt").decision_logit.tolist() == [0, 0, 0]
 
 
 def test_a_single_attribute_classifier_validates_like_a_multi_attribute_one(tmp_path):

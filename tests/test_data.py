@@ -559,7 +559,10 @@ def fake_renderer(monkeypatch):
         return (Path(root) / "list_eval_partition.txt").is_file()
 
     fake = SimpleNamespace(
-        ATTRIBUTES=("Male", "Smiling"), generate_synthfaces=generate_synthfaces, is_complete=is_complete
+        ATTRIBUTES=("Male", "Smiling"),
+        VERSION=7,
+        generate_synthfaces=generate_synthfaces,
+        is_complete=is_complete,
     )
     monkeypatch.setitem(sys.modules, "genface.data.synthfaces", fake)
     return calls
@@ -569,7 +572,8 @@ def test_synthfaces_generates_once_on_first_use(tmp_path, fake_renderer):
     root = tmp_path / "synth"
     dm = SynthFacesDataModule(str(root), n=12, resolution=RES)
     assert dm.class_names == ["Male", "Smiling"] and dm.target_names == list(CELEBA_ATTRIBUTES)
-    assert dm.dataset_id.startswith("synthfaces-16px-rgb-n12-seed0-") and fake_renderer == []
+    # The renderer's version is in the id: arrays prepared from an older renderer's pixels are not reused.
+    assert dm.dataset_id.startswith("synthfaces-16px-rgb-n12-seed0-v7-") and fake_renderer == []
     image, target = dm.split_dataset("train")[0]
     assert image.shape == (3, RES, RES) and target.shape == (2,)
     assert fake_renderer == [(root, 12, RES, 0)]

@@ -45,6 +45,9 @@ class ClassifierReport(pl.Callback):
         if self.target is not None:
             below = [name for name, bal in zip(names, results["bal_acc"]) if bal < self.target]
             text += f"\nbalanced accuracy below {self.target:g}: {', '.join(below) or 'none'}\n"
+        if split == "test" and module.calibrates:
+            cuts = ", ".join(f"{name} {p:.2f}" for name, p in zip(names, module.decision_logit.sigmoid().tolist()))
+            text += f"\ndecision cuts (plain probability; calibrated on the validation split, 0.5 = plain): {cuts}\n"
         paths = [
             write_text(out / f"classifier_{split}.md", text),
             write_csv(out / f"classifier_{split}.csv", header, rows),

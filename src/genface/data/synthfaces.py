@@ -48,7 +48,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-VERSION = 1
+VERSION = 2
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -533,7 +533,7 @@ class _Face:
         lip = _mix(_shade(self.skin, 0.85), (200, 95, 100), 0.3 + 0.3 * st.lip_colour)
         if a["Wearing_Lipstick"]:
             lip = _LIPSTICK[int(st.lipstick * len(_LIPSTICK))]
-        up_t, lo_t = (0.08, 0.115) if a["Big_Lips"] else (0.048, 0.065)
+        up_t, lo_t = (0.11, 0.15) if a["Big_Lips"] else (0.045, 0.06)
         if not a["Young"]:
             up_t, lo_t = up_t * 0.8, lo_t * 0.8
         if a["Smiling"]:

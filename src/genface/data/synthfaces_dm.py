@@ -32,7 +32,7 @@ class SynthFacesDataModule(CelebADataModule):
         **kwargs: Any,
     ) -> None:
         # Imported lazily: building genface.data should not load the renderer module.
-        from genface.data.synthfaces import ATTRIBUTES
+        from genface.data.synthfaces import ATTRIBUTES, VERSION
 
         if attributes is None:
             attributes = list(ATTRIBUTES)
@@ -46,6 +46,7 @@ class SynthFacesDataModule(CelebADataModule):
             self.channels,
             f"n{self.n}",
             f"seed{self.seed}",
+            f"v{VERSION}",  # a renderer change must not read arrays prepared from older pixels
             key=path_key(self.root),
         )
 

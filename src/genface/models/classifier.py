@@ -41,6 +41,33 @@ LABEL_KINDS = ("class", "attributes")
 METRICS = ("acc", "bal_acc", "f1", "auroc")
 
 
+def balanced_thresholds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per attribute, the logit cut that maximises balanced accuracy (Youden's J) on (N, K) scores.
+
+    A cut lies halfway between two distinct neighbouring scores, so ties never split. An attribute that is
+    absent from (or fills) the split, or whose scores do no better than chance, keeps the cut 0 (p = 0.5).
+    """
+    logits, targets = logits.detach().float().cpu(), targets.detach().float().cpu()
+    cuts = torch.zeros(logits.shape[1])
+    for j in range(logits.shape[1]):
+        scores, order = torch.sort(logits[:, j], descending=True)
+        y = targets[order, j]
+        pos = y.sum()
+        neg = len(y) - pos
+        if pos == 0 or neg == 0:
+            continue
+        # youden[i]: the top i + 1 scores called positive; a cut only where the next score is lower.
+        youden = torch.cumsum(y, 0) / pos - torch.cumsum(1 - y, 0) / neg
+        distinct = torch.ones_like(youden, dtype=torch.bool)
+        distinct[:-1] = scores[:-1] > scores[1:]
+        youden = torch.where(distinct, youden, -torch.inf)
+        i = int(torch.argmax(youden))
+        if youden[i] <= 0:
+            continue
+        cuts[j] = (scores[i] + scores[i + 1]) / 2 if i + 1 < len(scores) else scores[i] - 1.0
+    return cuts
+
+
 class Classifier(pl.LightningModule):
     """Multi-label (BCE) or multi-class (cross-entropy) classifier of images in [-1, 1].
 
@@ -55,6 +82,11 @@ class Classifier(pl.LightningModule):
         input_resolution: inputs of any size are resized (bilinear, antialiased) to this side.
         pos_weight: BCE weights of the positive class per attribute, "auto" (neg/pos counts of the
             train split, for rare attributes) or None.
+        calibrate: attributes only: after each validation epoch, set each attribute's decision cut to
+            the one with the best balanced accuracy on the validation split (`balanced_thresholds`);
+            `predict_proba` and the test metrics then read p = 0.5 at that cut. Validation metrics use
+            the plain cut (logit 0), so model selection never sees its own calibration. Stored in the
+            checkpoint as `decision_logit`.
     """
 
     def __init__(
@@ -66,6 +98,7 @@ class Classifier(pl.LightningModule):
         class_names: list[str] | None = None,
         input_resolution: int = 64,
         pos_weight: list[float] | Literal["auto"] | None = None,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         if label_kind not in LABEL_KINDS:
@@ -88,6 +121,8 @@ class Classifier(pl.LightningModule):
         #: split -> metric name -> one value per class; filled at validation / test epoch end.
         self.results: dict[str, dict[str, list[float]]] = {}
         self._updated: set[str] = set()
+        #: raw validation logits and targets of the running epoch, for `calibrate`.
+        self._val_scores: list[tuple[torch.Tensor, torch.Tensor]] = []
         if class_names:
             self._build(list(class_names))
 
@@ -115,6 +150,8 @@ class Classifier(pl.LightningModule):
             if values.shape != (k,):
                 raise ValueError(f"model.pos_weight has {values.numel()} values for {k} attributes")
             self.register_buffer("bce_pos_weight", values)
+        # Logit at which an attribute is called present (0 unless `calibrate` found a better one).
+        self.register_buffer("decision_logit", torch.zeros(k))
         self.val_metrics = self._metrics(k, "val/")
         self.test_metrics = self._metrics(k, "test/")
 
@@ -215,9 +252,16 @@ class Classifier(pl.LightningModule):
         return self.net.features(self._prepare(x))
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, K) probabilities: softmax over classes, or an independent sigmoid per attribute."""
+        """(N, K) probabilities: softmax over classes, or an independent sigmoid per attribute.
+
+        Attribute probabilities are centred on the decision cut: p > 0.5 means "present" at the
+        calibrated threshold (see `calibrate`).
+        """
         logits = self(x)
-        return logits.softmax(dim=1) if self.label_kind == "class" else torch.sigmoid(logits)
+        return logits.softmax(dim=1) if self.label_kind == "class" else self._attribute_proba(logits)
+
+    def _attribute_proba(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits - self.decision_logit)
 
     # ----- training -------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -231,11 +275,17 @@ class Classifier(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.size(0))
         return loss
 
+    @property
+    def calibrates(self) -> bool:
+        return bool(self.hparams.get("calibrate")) and self.label_kind == "attributes"
+
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, split: str
     ) -> None:
         x, y = batch
         logits = self(x)
+        if split == "val" and self.calibrates and not self.trainer.sanity_checking:
+            self._val_scores.append((logits.detach(), y.detach().float()))
         self.log(
             f"{split}/loss",
             self._loss(logits, y),
@@ -245,10 +295,14 @@ class Classifier(pl.LightningModule):
         )
         if self.label_kind == "class":
             metrics.update(logits.softmax(dim=1), y.long())
-        elif logits.shape[1] == 1:
-            metrics.update(torch.sigmoid(logits[:, 0]), y[:, 0].long())
+            self._updated.add(split)
+            return
+        # Validation judges the plain cut; test (and every later use) the calibrated one.
+        proba = torch.sigmoid(logits) if split == "val" else self._attribute_proba(logits)
+        if proba.shape[1] == 1:
+            metrics.update(proba[:, 0], y[:, 0].long())
         else:
-            metrics.update(torch.sigmoid(logits), y.long())
+            metrics.update(proba, y.long())
         self._updated.add(split)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -283,9 +337,22 @@ class Classifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end(self.val_metrics, "val")
+        if self._val_scores:
+            logits, targets = (torch.cat(t) for t in zip(*self._val_scores))
+            self._val_scores.clear()
+            # Every rank gets every rank's scores, hence the same cuts.
+            k = logits.shape[1]
+            logits, targets = self.all_gather(logits).reshape(-1, k), self.all_gather(targets).reshape(-1, k)
+            self.decision_logit.copy_(balanced_thresholds(logits, targets).to(self.decision_logit))
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end(self.test_metrics, "test")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints from before calibration existed hold no cut: the plain one (logit 0).
+        state = checkpoint.get("state_dict", {})
+        if self.net is not None and "decision_logit" not in state:
+            state["decision_logit"] = torch.zeros(self.num_outputs)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lets `genface.models.load_module` and the FID `classifier` extractor rebuild it from the file.
