@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -208,21 +209,42 @@ def test_attributes_stay_visible_at_32px() -> None:
         assert (np.abs(a - b).sum(axis=2) > 30).sum() >= 10, flag
 
 
+def _toggle_moves(flag: str, attrs: dict[str, bool], seed: int, res: int = 64) -> np.ndarray:
+    """Pixels that change by > 30 (summed RGB) when ``flag`` goes from off to on, all else equal."""
+    a = render_face({**attrs, flag: False}, np.random.default_rng(seed), res).astype(int)
+    b = render_face({**attrs, flag: True}, np.random.default_rng(seed), res).astype(int)
+    return np.abs(a - b).sum(axis=2) > 30
+
+
+def _sampled_faces(count: int, start: int = 1000) -> Iterator[tuple[dict[str, bool], int]]:
+    for i in range(start, start + count):
+        rng = np.random.default_rng(i)
+        yield sample_attributes(rng), int(rng.integers(2**31))
+
+
 def test_big_lips_show_on_most_faces_at_64px() -> None:
     """The subtlest rendered attribute must still be there to see, over every nuisance (mustache, blur,
     age, skin, pose): toggling Big_Lips moves >= 8 pixels on >= 90 % of sampled faces (renderer v1: 2 px
     at the 10th percentile, and not one on most blurry faces, so no classifier could reach 95 %)."""
     moved = []
-    for i in range(120):
-        rng = np.random.default_rng(1000 + i)
-        attrs = sample_attributes(rng)
-        seed = int(rng.integers(2**31))
-        a = render_face({**attrs, "Big_Lips": False}, np.random.default_rng(seed), 64).astype(int)
-        b = render_face({**attrs, "Big_Lips": True}, np.random.default_rng(seed), 64).astype(int)
-        changed = np.abs(a - b).sum(axis=2) > 30
+    for attrs, seed in _sampled_faces(120):
+        changed = _toggle_moves("Big_Lips", attrs, seed)
         assert changed[: int(0.45 * 64)].sum() == 0  # nothing above the mouth
         moved.append(changed.sum())
     assert np.mean(np.array(moved) >= 8) >= 0.9, sorted(moved)[:20]
+
+
+@pytest.mark.parametrize("flag", ["Arched_Eyebrows", "Bushy_Eyebrows"])
+def test_eyebrows_show_under_bangs(flag: str) -> None:
+    """Bangs end above the brows, so the brows' shape shows as much with a fringe as without one
+    (renderer v2: the fringe hid the arch's peak, half the pixels that Arched_Eyebrows moves)."""
+    moved: dict[bool, list[int]] = {True: [], False: []}
+    for attrs, seed in _sampled_faces(160, start=5000):
+        if not attrs["Bald"] and not attrs["Wearing_Hat"]:
+            moved[attrs["Bangs"]].append(_toggle_moves(flag, attrs, seed).sum())
+    assert len(moved[True]) >= 20, "too few faces with bangs in the sample"
+    ratio = np.median(moved[True]) / np.median(moved[False])
+    assert ratio > 0.8, (ratio, np.median(moved[True]), np.median(moved[False]))
 
 
 def test_render_face_shape_and_determinism() -> None:

@@ -11,9 +11,9 @@ the number of worker processes.
 
 Rendered attributes (labels are the truth; each is drawn so a small CNN can see it at 64 px):
 5_o_Clock_Shadow (stubble on the jaw), Arched_Eyebrows, Bald (no hair, shiny scalp), Bangs (fringe
-over the forehead), Big_Lips, Big_Nose, Black_Hair / Blond_Hair / Brown_Hair / Gray_Hair (mutually
-exclusive; all four are -1 for bald heads and for red/auburn hair), Blurry (Gaussian blur),
-Bushy_Eyebrows, Chubby (wider, rounder face), Eyeglasses (frames, bridge and arms; some tinted),
+over the forehead, above the brows), Big_Lips, Big_Nose, Black_Hair / Blond_Hair / Brown_Hair /
+Gray_Hair (mutually exclusive; all four are -1 for bald heads and for red/auburn hair), Blurry
+(Gaussian blur), Bushy_Eyebrows, Chubby (wider, rounder face), Eyeglasses (frames, bridge and arms; some tinted),
 Goatee (chin beard), Heavy_Makeup (eye shadow, eyeliner, blush), Male (square jaw, wide neck, thick
 brows, mostly short hair), Mouth_Slightly_Open, Mustache, Narrow_Eyes, No_Beard (-1 means a full beard
 or a goatee), Pale_Skin, Receding_Hairline, Rosy_Cheeks, Sideburns, Smiling (curved mouth; open
@@ -30,6 +30,11 @@ rare attributes made more frequent than in CelebA (each rendered attribute is pr
 8-60 % of faces; No_Beard, a negation, in about 82 %) so that 10k images are enough to learn them.
 One rendering-only coupling: faces with brown or red hair are never very dark-skinned, so that hair
 and beards stay distinguishable from skin.
+
+``VERSION`` is in ``synthfaces.json`` and in the DataModule's array-cache id, so a dataset or prepared
+arrays from an older renderer are regenerated, never reused. v2 drew Big_Lips thicker (in v1 the toggle
+moved 2 pixels or fewer on a tenth of the faces at 64 px, none on most blurry ones); v3 ends Bangs above
+the brows (the fringe hid the peak of Arched_Eyebrows) and raises that arch.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-VERSION = 2
+VERSION = 3
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -458,7 +463,7 @@ class _Face:
         thick = 0.042 if not a["Male"] else 0.058
         if a["Bushy_Eyebrows"]:
             thick, colour = thick + 0.045, _shade(colour, 0.7)
-        arch = 0.1 if a["Arched_Eyebrows"] else 0.018
+        arch = 0.13 if a["Arched_Eyebrows"] else 0.018
         base = self.eye_y - 0.19 - 0.02 * st.brow_h - (0.02 if not a["Male"] else 0.0)
         t = np.linspace(0, 1, 14)
         peak = 0.65
@@ -611,7 +616,7 @@ class _Face:
         ax = np.abs(x) / W
         part = 0.25 * (st.part - 0.5)
         if a["Bangs"]:
-            hl = self.eye_y - 0.27 + 0.05 * (x / W) * np.sign(part)
+            hl = self.eye_y - 0.36 + 0.05 * (x / W) * np.sign(part)  # a fringe above the brows
             hairline = hl + 0.045 * np.abs(np.sin(x * 11 + 3 * st.curl_phase)) + (side_y - hl) * ax**6
         else:
             hl = -0.62 - 0.06 * st.hair_length
