@@ -13,11 +13,11 @@ Rendered attributes (labels are the truth; each is drawn so a small CNN can see 
 5_o_Clock_Shadow (stubble on the jaw), Arched_Eyebrows, Bald (no hair, shiny scalp), Bangs (fringe
 over the forehead, above the brows), Big_Lips, Big_Nose, Black_Hair / Blond_Hair / Brown_Hair /
 Gray_Hair (mutually exclusive; all four are -1 for bald heads and for red/auburn hair), Blurry
-(Gaussian blur), Bushy_Eyebrows, Chubby (wider, rounder face), Eyeglasses (frames, bridge and arms; some tinted),
-Goatee (chin beard), Heavy_Makeup (eye shadow, eyeliner, blush), Male (square jaw, wide neck, thick
-brows, mostly short hair), Mouth_Slightly_Open, Mustache, Narrow_Eyes, No_Beard (-1 means a full beard
-or a goatee), Pale_Skin, Receding_Hairline, Rosy_Cheeks, Sideburns, Smiling (curved mouth; open
-smiles show teeth), Wavy_Hair, Wearing_Earrings, Wearing_Hat (beanie, brimmed hat or cap),
+(Gaussian blur), Bushy_Eyebrows, Chubby (wider, rounder face), Eyeglasses (frames, bridge and arms;
+some tinted), Goatee (chin beard), Heavy_Makeup (eye shadow, eyeliner, blush), Male (square jaw,
+wide neck, thick brows, mostly short hair), Mouth_Slightly_Open, Mustache, Narrow_Eyes, No_Beard (-1
+means a full beard or a goatee), Pale_Skin, Receding_Hairline, Rosy_Cheeks, Sideburns, Smiling
+(curved mouth; open smiles show teeth), Wavy_Hair, Wearing_Earrings, Wearing_Hat (beanie, brimmed hat or cap),
 Wearing_Lipstick, Wearing_Necklace, Wearing_Necktie, Young (older faces have wrinkles and more often
 grey hair).
 

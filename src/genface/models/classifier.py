@@ -295,14 +295,13 @@ class Classifier(pl.LightningModule):
         )
         if self.label_kind == "class":
             metrics.update(logits.softmax(dim=1), y.long())
-            self._updated.add(split)
-            return
-        # Validation judges the plain cut; test (and every later use) the calibrated one.
-        proba = torch.sigmoid(logits) if split == "val" else self._attribute_proba(logits)
-        if proba.shape[1] == 1:
-            metrics.update(proba[:, 0], y[:, 0].long())
         else:
-            metrics.update(proba, y.long())
+            # Validation judges the plain cut; test (and every later use) the calibrated one.
+            proba = torch.sigmoid(logits) if split == "val" else self._attribute_proba(logits)
+            if proba.shape[1] == 1:
+                metrics.update(proba[:, 0], y[:, 0].long())
+            else:
+                metrics.update(proba, y.long())
         self._updated.add(split)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -22,8 +22,8 @@ class ResNetNet(ResNet):
     The stem divides the resolution by 4 (7x7/2 convolution, then a 3x3/2 max-pool). `maxpool=False` drops
     the max-pool (divides by 2: 4x the compute of the residual stages, same weights, so a checkpoint of
     either loads into the other), `small_stem` replaces both by one 3x3/1 convolution (the CIFAR variant,
-    16x the compute). Details a pixel or two wide at 64 px (lip thickness, eyebrow shape) need the finer
-    feature maps.
+    16x the compute). Finer maps keep details a pixel or two wide at 64 px; on synthfaces (renderer v1) a
+    4-epoch no-pool fine-tune did not lift Big_Lips, so the default keeps the pool.
     """
 
     def __init__(
