@@ -1,6 +1,6 @@
-"""cGAN discriminator heads on digits: does seed 004's (K+1)-way discriminator reduce ambiguity?
+"""cGAN discriminator heads on digits: does the cGAN / Pix2Pix / DDPM lab's (K+1)-way discriminator reduce ambiguity?
 
-Seed 004 claims that a (K+1)-class discriminator (10 digits + "generated") "improves image quality and
+The cGAN / Pix2Pix / DDPM lab claims that a (K+1)-class discriminator (10 digits + "generated") "improves image quality and
 reduces digit ambiguity" compared with a real/fake discriminator that sees the label. This trains the
 same conditional DCGAN (width 32, 16 px, batch 64, Adam 2e-4 β1 0.5, BCE) on scikit-learn's digits with
 the `concat`, `multiclass` and `projection` heads for the same number of steps from the same seeds, then
@@ -161,7 +161,7 @@ def readme_section(result: dict) -> str:
     lines += [
         "",
         f"Reading: conditional accuracy ranks {' > '.join(f'`{h}`' for h in by_acc)}; KID ranks "
-        f"{' < '.join(f'`{h}`' for h in by_kid)} (lower is better). Seed 004's claim that the (K+1)-way "
+        f"{' < '.join(f'`{h}`' for h in by_kid)} (lower is better). The cGAN / Pix2Pix / DDPM lab's claim that the (K+1)-way "
         f"discriminator reduces digit ambiguity is {'supported' if reduces else 'not supported'} here against "
         "`concat`, its real/fake counterpart (conditional accuracy). Caveat: the (K+1)-way objective trains G to be "
         "classified as the requested digit, which is close to what conditional accuracy measures; KID in the "

@@ -2,7 +2,7 @@
 
 The point of latent diffusion (Rombach et al. 2022) is that the denoiser runs on a small latent instead of
 the image. This builds, from the shipped configs, a pixel DDPM and latent diffusion models on the same
-images (flat latent + MLP denoiser as seed 002; spatial latent + U-Net as latent-diffusion), and times
+images (flat latent + MLP denoiser as the VAE-GAN latent-diffusion study; spatial latent + U-Net as latent-diffusion), and times
 in one session, on the same device:
 
 - one training step (batch `--batch`: forward, backward, optimiser step; for latent diffusion this
@@ -30,7 +30,7 @@ from genface.config import CONF_DIR
 from genface.models.latent_diffusion import LatentDiffusion
 
 #: (pixel DDPM config, first-stage config, latent diffusion config) per preset: `tiny` = the CPU demo
-#: configs, `seed` = the 64 px configs of hw8_ddpm_celeba64's default model and seed 002.
+#: configs, `seed` = the 64 px configs of ddpm_dlstudio_celeba64's default model and the VAE-GAN latent-diffusion study.
 PRESETS = {
     "tiny": ("ddpm_tiny", "vaegan_tiny", "latent_diffusion_tiny"),
     "seed": ("ddpm", "vaegan", "latent_diffusion"),

@@ -97,7 +97,7 @@ def test_autoencoder_shapes(kw, shape):
 
 
 def test_flat_and_spatial_latents_differ_only_in_the_heads():
-    """Seed 002's layout at 64 px (256 channels at 8x8, 256-d latent) against the spatial 4x8x8 variant."""
+    """The VAE-GAN latent-diffusion study's layout at 64 px (256 channels at 8x8, 256-d latent) against the spatial 4x8x8 variant."""
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     flat = AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), latent_dim=256)
     spatial = AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), z_channels=4)
@@ -330,7 +330,7 @@ def test_model_configs_instantiate(name, compose_train):
     assert model.image_shape == (3, 32, 32) and model.perceptual is None
 
 
-def test_seed002_autoencoder_experiment(compose_train, tmp_path):
+def test_vaegan-ldm-study_autoencoder_experiment(compose_train, tmp_path):
     cfg = compose_train("experiment=vaegan_celeba64", f"data.root={tmp_path}")
     assert cfg.data.attributes == ["Smiling"] and cfg.model.autoencoder.latent_dim == 256
     assert cfg.callbacks.reconstruction_grid._target_.endswith("ReconstructionGrid")

@@ -283,7 +283,7 @@ def test_model_config_builds_every_head_on_digits(compose_train, head):
 
 @pytest.mark.parametrize(
     ("experiment", "head", "label_kind"),
-    [("td2_cgan_mnist", "concat", "class"), ("td2_cgan_multiclass_mnist", "multiclass", "class"),
+    [("cgan_mnist", "concat", "class"), ("cgan_multiclass_mnist", "multiclass", "class"),
      ("cgan_synthfaces", "projection", "attributes")],
 )
 def test_experiments_build_model_data_and_callbacks(compose_train, experiment, head, label_kind):

@@ -11,7 +11,7 @@ from data_helpers import write_celeba_folder, write_image_folder
 from genface.config import CONF_DIR, instantiate_group
 
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "metrics", "debug")
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR.parent / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def options(group: str) -> list[str]:

@@ -17,7 +17,7 @@ def n_params(m: torch.nn.Module) -> int:
 
 
 def test_dg1_parameter_counts_match_seed_001():
-    # DLStudio GeneratorDG1 / DiscriminatorDG1 as printed in seed 001.
+    # DLStudio GeneratorDG1 / DiscriminatorDG1 as printed in DLStudio's DG1 study.
     assert n_params(DCGANGenerator(latent_dim=100, width=64, resolution=64, bias=False)) == 3_576_704
     assert n_params(DCGANDiscriminator(width=64, resolution=64, bias=True)) == 2_766_529
 

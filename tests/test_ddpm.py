@@ -252,8 +252,8 @@ def n_params(m: torch.nn.Module) -> int:
 @pytest.mark.parametrize(
     ("overrides", "params", "shape"),
     [
-        (["experiment=hw8_ddpm_celeba64"], 92_025_731, (3, 64, 64)),
-        (["experiment=td2_ddpm_mnist"], 1_826_721, (1, 28, 28)),
+        (["experiment=ddpm_dlstudio_celeba64"], 92_025_731, (3, 64, 64)),
+        (["experiment=ddpm_unet2d_mnist"], 1_826_721, (1, 28, 28)),
         (["experiment=ddpm_synthfaces"], 1_192_387, (3, 32, 32)),
         (["model=ddpm", "data=synthfaces"], 9_593_539, (3, 64, 64)),
         (["model=ddpm_tiny", "data=digits"], 1_191_233, (1, 32, 32)),

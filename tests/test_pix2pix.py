@@ -33,7 +33,7 @@ def test_patchgan_70_counts_reference_and_seed_004():
     )
     assert reference == 2_768_705
     assert n_params(PatchGAN(in_channels=6, ndf=64, n_layers=3, bias=False)) == 2_768_705
-    # seed 004 adds the biases of the three convolutions before batch norm: + 128 + 256 + 512
+    # the cGAN / Pix2Pix / DDPM lab adds the biases of the three convolutions before batch norm: + 128 + 256 + 512
     assert n_params(PatchGAN(in_channels=6, ndf=64, n_layers=3, bias=True)) == 2_769_601
 
 
@@ -220,7 +220,7 @@ def test_model_config_on_paired_data_wires_source_and_target_channels(compose_tr
 
 
 def test_facades_experiment_is_the_reference_recipe(compose_train):
-    cfg = compose_train("experiment=td2_pix2pix_facades")
+    cfg = compose_train("experiment=pix2pix_facades")
     model = instantiate(cfg.model)
     assert n_params(model.generator) == 54_413_955 and n_params(model.discriminator) == 2_768_705
     assert (model.hparams.lambda_l1, model.hparams.loss, cfg.data.direction) == (100.0, "bce", "BtoA")

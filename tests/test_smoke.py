@@ -13,10 +13,10 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genface import ROOT
+from genface.config import CONF_DIR
 from genface.smoke import MAX_RESOLUTION, apply_smoke, data_available
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 #: Settings smoke may rewrite although they are lists (the same U-Net levels keep attention at a smaller side).
 RESCALED_LISTS = {"attention_resolutions"}
 
@@ -85,21 +85,21 @@ def test_smoke_makes_every_experiment_tiny_and_runnable_here(compose_train, expe
 def test_smoke_keeps_present_data_and_rescales_resolution_tied_settings(compose_train, tmp_path):
     celeba = tmp_path / "my_celeba"
     celeba.mkdir()
-    cfg = compose_train("experiment=hw8_dcgan_celeba64", "debug=smoke", f"data.root={celeba}")
+    cfg = compose_train("experiment=dcgan_dg1_celeba64", "debug=smoke", f"data.root={celeba}")
     changes = apply_smoke(cfg)
     assert cfg.data._target_.endswith("CelebADataModule") and cfg.data.root == str(celeba)
     assert not any(line.startswith("data:") for line in changes)
     # model=dcgan_dg1 states its side as a number, not ${data.resolution}: it follows the data all the same
     assert cfg.data.resolution == cfg.model.generator.resolution == cfg.model.discriminator.resolution == 32
 
-    ddpm = compose_train("experiment=hw8_ddpm_celeba64", "debug=smoke")
+    ddpm = compose_train("experiment=ddpm_dlstudio_celeba64", "debug=smoke")
     apply_smoke(ddpm)
     assert list(ddpm.model.net.attention_resolutions) == [8, 4]  # 16 and 8 px at 64 -> same levels at 32
     assert list(ddpm.model.net.channel_mult) == [1, 2, 3, 4] and ddpm.model.schedule.T <= 50
 
 
 def test_smoke_swaps_facades_for_derived_pairs_of_the_same_channels(compose_train):
-    cfg = compose_train("experiment=td2_pix2pix_facades", "debug=smoke")
+    cfg = compose_train("experiment=pix2pix_facades", "debug=smoke")
     changes = apply_smoke(cfg)
     assert any("PairedFolderDataModule has no data" in line for line in changes)
     assert cfg.data.task == "lowres2face" and cfg.data.source_channels == cfg.data.channels == 3
@@ -107,7 +107,7 @@ def test_smoke_swaps_facades_for_derived_pairs_of_the_same_channels(compose_trai
     pairs = instantiate(cfg.data)
     assert pairs.source_channels == 3 and pairs.resolution == 32
 
-    gray = compose_train("experiment=td2_pix2pix_facades", "debug=smoke", "data.channels=1")
+    gray = compose_train("experiment=pix2pix_facades", "debug=smoke", "data.channels=1")
     with pytest.raises(ValueError, match=r"data.source_channels=3 with data.channels=1.*allowed data.source_channels: 1 \(edges2face\)"):
         apply_smoke(gray)
 

@@ -119,7 +119,7 @@ def run_cli(*args: str, tmp_path, timeout: int = 300) -> subprocess.CompletedPro
 def test_cli_prints_usage_and_composed_config(tmp_path):
     res = run_cli(tmp_path=tmp_path)
     assert res.returncode == 2 and "train" in res.stderr and "evaluate" in res.stderr
-    res = run_cli("train", "experiment=hw8_dcgan_celeba64", "--cfg", "job", tmp_path=tmp_path)
+    res = run_cli("train", "experiment=dcgan_dg1_celeba64", "--cfg", "job", tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "DCGANGenerator" in res.stdout and "lr: 0.0001" in res.stdout and "max_epochs: 30" in res.stdout
 

@@ -1,4 +1,4 @@
-"""`genface analyze <task>`: latent-space analysis of any generator with a trained classifier (seed 000).
+"""`genface analyze <task>`: latent-space analysis of any generator with a trained classifier (the DD-GAN latent-analysis study).
 
 Tasks (see conf/analyze.yaml): sample, directions, edit, reject, project, all, pipeline. Each writes
 `<out>/<task>/` and refreshes `<out>/report.md`, which strings the task summaries together.
@@ -23,7 +23,7 @@ from genface.analysis.projection import run_projection
 from genface.analysis.rejection import parse_condition, rejection_sample, write_rejection_report
 from genface.analysis.report import write_report_index, write_text
 from genface.analysis.sampling import Samples, load_samples, sample_to_disk
-from genface.config import CONF_DIR
+from genface.config import CONF_PATH
 from genface.models import load_generative
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier, load_classifier
@@ -304,7 +304,7 @@ def analyze(cfg: DictConfig) -> Path:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="analyze")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="analyze")
 def _app(cfg: DictConfig) -> None:
     analyze(cfg)
 

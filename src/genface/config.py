@@ -11,9 +11,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from genface import ROOT
+#: The config tree shipped inside the package (`pkg://genface.conf`): primary configs and every group,
+#: experiments included. A user's own folder joins it through Hydra's search path (`--config-dir DIR`).
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_PATH = "pkg://genface.conf"
 
-CONF_DIR = ROOT / "conf"
+
+def _project_root() -> str:
+    """Where `data/` and `logs/` go by default: $GENFACE_ROOT, else the directory genface was started from
+    (DDP ranks inherit it), so an installed genface works from any folder, as a checkout does from its own."""
+    return os.environ.get("GENFACE_ROOT") or os.getcwd()
 
 
 def _wandb_offline() -> bool:
@@ -79,7 +86,7 @@ def _run_name(task_name: str) -> str:
 
 def register_resolvers() -> None:
     for name, fn in (
-        ("genface_root", lambda: str(ROOT)),
+        ("genface_root", _project_root),
         ("wandb_offline", _wandb_offline),
         ("run_tags", _run_tags),
         ("run_group", _run_group),

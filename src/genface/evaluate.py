@@ -10,14 +10,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from genface.config import CONF_DIR
+from genface.config import CONF_PATH
 from genface.metrics.evaluate import evaluate_folders, evaluate_generator
 from genface.metrics.extractors import build_extractor
 
 log = logging.getLogger("genface.evaluate")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
     if not cfg.get("real") or not cfg.get("fake"):
         raise ValueError("genface evaluate needs real=DIR (image folder) and fake=DIR or fake=CKPT (a .ckpt)")

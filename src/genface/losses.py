@@ -1,6 +1,6 @@
 """GAN losses and regularisers shared by every adversarial family, and the VGG perceptual loss.
 
-Discriminators return raw logits; the sigmoid of seed 001's DG1 is folded into the numerically
+Discriminators return raw logits; the sigmoid of DLStudio's DG1 study's DG1 is folded into the numerically
 stable `binary_cross_entropy_with_logits` (same parameters, same optimum).
 """
 

@@ -8,12 +8,12 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from genface.config import CONF_DIR
+from genface.config import CONF_PATH
 
 log = logging.getLogger("genface.prepare")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="prepare")
 def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

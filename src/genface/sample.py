@@ -10,14 +10,14 @@ import torch
 from omegaconf import DictConfig
 
 from genface.analysis.sampling import sample_to_disk
-from genface.config import CONF_DIR
+from genface.config import CONF_PATH
 from genface.models import load_generative
 from genface.models.classifier import load_classifier
 
 log = logging.getLogger("genface.sample")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="sample")
 def main(cfg: DictConfig) -> None:
     if not cfg.get("ckpt"):
         raise ValueError("genface sample needs ckpt=PATH (a checkpoint written by genface train)")

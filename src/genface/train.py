@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities import rank_zero_only
 
-from genface.config import CONF_DIR, instantiate_group, to_container
+from genface.config import CONF_PATH, instantiate_group, to_container
 
 log = logging.getLogger("genface.train")
 
@@ -119,7 +119,7 @@ def _print_outputs(trainer: pl.Trainer) -> None:
         log.info("  %s", p)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Train; return the run's BEST `objective` (not its last value) to a sweeper such as Optuna.
 

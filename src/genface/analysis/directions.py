@@ -1,4 +1,4 @@
-"""Attribute directions in a generator's latent space (seed 000; InterFaceGAN, Shen et al. 2020).
+"""Attribute directions in a generator's latent space (the DD-GAN latent-analysis study; InterFaceGAN, Shen et al. 2020).
 
 For each attribute a logistic regression separates the latents whose images the classifier judges to have
 it from those it judges not to; the unit normal of that hyperplane is the edit direction. A held-out

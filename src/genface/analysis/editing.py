@@ -1,4 +1,4 @@
-"""Latent edits z' = z + alpha * d, and what the classifier says they change (seed 000's edit study).
+"""Latent edits z' = z + alpha * d, and what the classifier says they change (the DD-GAN latent-analysis study's edit study).
 
 For an attribute direction d (plain, or conditional: orthogonal to other attributes' directions) the
 edit report measures on the classifier's judgement of the edited images:

@@ -1,4 +1,4 @@
-"""2-D maps of latents or classifier features (PCA, t-SNE) coloured by an attribute (seed 002's plots).
+"""2-D maps of latents or classifier features (PCA, t-SNE) coloured by an attribute (the VAE-GAN latent-diffusion study's plots).
 
 If an attribute separates in such a map, the space encodes it along a few dominant directions (PCA) or
 at least locally (t-SNE); latents of a GAN are usually isotropic noise (no structure), classifier

@@ -1,4 +1,4 @@
-"""Rejection sampling by classifier: generate until K images satisfy a condition (seed 000's alternative to
+"""Rejection sampling by classifier: generate until K images satisfy a condition (the DD-GAN latent-analysis study's alternative to
 latent edits: slower, but every accepted image is an unedited sample of the model).
 
 A condition is a comma-separated list of clauses on classifier probabilities:

@@ -1,4 +1,4 @@
-"""Seed 002's pictures of a class-conditional latent diffusion model: class rows and latent projections."""
+"""The VAE-GAN latent-diffusion study's pictures of a class-conditional latent diffusion model: class rows and latent projections."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from genface.viz.latents import PROJECTIONS, latent_scatter
 
 
 class LatentPictures(pl.Callback):
-    """Seed 002's pictures, every `every_n_epochs` epochs (and after the last), rank 0, into `dirpath`:
+    """The VAE-GAN latent-diffusion study's pictures, every `every_n_epochs` epochs (and after the last), rank 0, into `dirpath`:
     `classes_epoch_XXXX.png` (one row of `n_per_class` samples per class, fixed latents) and
     `latents_{tsne,pca}_epoch_XXXX.png` (encoded validation images, up to `max_points`, coloured by class).
     The denoising path and its GIF come from `genface.callbacks.denoising_path.DenoisingPath`."""

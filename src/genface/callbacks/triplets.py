@@ -59,7 +59,7 @@ class Triplets(pl.Callback):
     """Every `every_n_epochs` validation epochs (and after the last), rank 0 translates the first `n`
     pairs of each split in `splits` and writes `<dirpath>/triplets_<split>_epoch_XXXX.png`.
 
-    Training pairs show what is learnt, validation pairs whether it generalises (seed 004 compares the
+    Training pairs show what is learnt, validation pairs whether it generalises (the cGAN / Pix2Pix / DDPM lab compares the
     two for Facades at 100 and 200 epochs). Pairs are taken without augmentation, so every epoch shows
     the same sources.
     """

@@ -17,7 +17,7 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
     tr((Σ1 Σ2)^½) equals the sum of square roots of the eigenvalues of the symmetric PSD matrix
     Σ1^½ Σ2 Σ1^½, so it is computed with symmetric eigen-solvers: no complex intermediate, hence none of
     the "large imaginary component" failures that scipy.linalg.sqrtm(Σ1 Σ2) gives on
-    rank-deficient covariances (seed 001). Round-off negatives are clipped to 0.
+    rank-deficient covariances (DLStudio's DG1 study). Round-off negatives are clipped to 0.
     """
     mu1, cov1, mu2, cov2 = (t.double() for t in (mu1, cov1, mu2, cov2))
     eigval, eigvec = torch.linalg.eigh(cov1)
@@ -107,7 +107,7 @@ class FIDKID(Metric):
         if n < d and not self.allow_low_n:
             raise ValueError(
                 f"FID with n_{side}={n} < {d} features is refused: the {d}x{d} covariance is rank-deficient, "
-                "FID is strongly biased upwards and not comparable with other N (seed 001 hit 'large imaginary "
+                "FID is strongly biased upwards and not comparable with other N (DLStudio's DG1 study hit 'large imaginary "
                 f"component' failures below 2048 samples). Use at least {d} {side} images, or pass "
                 "allow_low_n=True (config: metrics.fid.allow_low_n=true; `genface evaluate allow_low_n=true`) "
                 "to compute it anyway, comparable only at the same N."

@@ -1,9 +1,9 @@
-"""VAE-GAN autoencoder: the first stage of latent diffusion (seed 002; Esser et al. 2021 / Rombach et al. 2022).
+"""VAE-GAN autoencoder: the first stage of latent diffusion (the VAE-GAN latent-diffusion study; Esser et al. 2021 / Rombach et al. 2022).
 
 Loss of the autoencoder: reconstruction (L1 or L2, plus an optional VGG perceptual term) + a KL term whose
 weight warms up linearly + an adversarial term that switches on at `disc_start` with the adaptive weight
 ||∇L_rec|| / ||∇L_G|| at the decoder's last layer (VQGAN), so that the GAN never drowns reconstruction
-whatever the loss scales + optional class losses on the latent mean (seed 002: "classification and center
+whatever the loss scales + optional class losses on the latent mean (the VAE-GAN latent-diffusion study: "classification and center
 losses"): a linear classification head (cross-entropy), which makes the latent keep the class even when its
 pixel footprint is tiny (a smile is a pixel or two at 32 px), and a centre loss pulling means to learned
 class centres.

@@ -3,7 +3,7 @@
 One module, four discriminator heads (see `genface.nets.cgan`). Losses per head:
 
 - ``concat``, ``projection``: the adversarial loss `loss` (bce, hinge, lsgan, ...) on the one logit.
-- ``multiclass`` (seed 004): D minimises CE(D(x), y) on reals and CE(D(G(z, y)), K) on fakes (class K =
+- ``multiclass`` (the cGAN / Pix2Pix / DDPM lab): D minimises CE(D(x), y) on reals and CE(D(G(z, y)), K) on fakes (class K =
   "generated"); G minimises CE(D(G(z, y)), y): look real *and* look like the requested class.
 - ``acgan``: the adversarial loss on the real/fake logit + `aux_weight` x the auxiliary classification
   loss (cross-entropy for classes, per-attribute BCE for attributes), on reals and fakes for D, on fakes
@@ -72,7 +72,7 @@ class ConditionalGAN(GenerativeModule):
             raise ValueError("model.condition is empty: name the classes or attributes the model is conditioned on")
         if head == "multiclass" and label_kind != "class":
             raise ValueError(
-                "model.head=multiclass is seed 004's (K+1)-way classifier and needs class labels "
+                "model.head=multiclass is the cGAN / Pix2Pix / DDPM lab's (K+1)-way classifier and needs class labels "
                 "(model.label_kind=class); for attributes use concat, projection or acgan"
             )
         if head == "multiclass" and loss != "bce":

@@ -12,7 +12,7 @@ from genface.models.base import GenerativeModule
 
 
 class DCGAN(GenerativeModule):
-    """Unconditional GAN (Radford et al. 2016; seed 001's DLStudio DG1 recipe by config).
+    """Unconditional GAN (Radford et al. 2016; DLStudio's DG1 study's DLStudio DG1 recipe by config).
 
     `generator`, `discriminator` and the optimisers are Hydra configs (plain dicts) rather than built
     objects, so that `load_from_checkpoint` can rebuild the model from its saved hyper-parameters.

@@ -1,5 +1,5 @@
 """Denoising-Diffusion GAN (Xiao, Kreis & Vahdat, ICLR 2022): a T-step diffusion whose every denoising
-step is a conditional GAN, so that T = 2..4 steps suffice (seed 000: T = 2 on CelebA-HQ 128)."""
+step is a conditional GAN, so that T = 2..4 steps suffice (the DD-GAN latent-analysis study: T = 2 on CelebA-HQ 128)."""
 
 from __future__ import annotations
 

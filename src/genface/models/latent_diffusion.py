@@ -1,4 +1,4 @@
-"""Latent diffusion (Rombach et al. 2022; seed 002): Gaussian diffusion in the latent space of a frozen
+"""Latent diffusion (Rombach et al. 2022; the VAE-GAN latent-diffusion study): Gaussian diffusion in the latent space of a frozen
 VAE-GAN first stage, class-conditional with classifier-free guidance.
 
 The diffusion itself is DDPM's (schedule, loss, CFG, EMA, DDIM contract): this module only moves data in

@@ -1,9 +1,9 @@
 """KL-regularised convolutional autoencoder (first stage of latent diffusion); its perceptual loss is in losses.py.
 
-Encoder: residual blocks with self-attention at chosen resolutions, down-sampling between levels (seed 002,
+Encoder: residual blocks with self-attention at chosen resolutions, down-sampling between levels (the VAE-GAN latent-diffusion study,
 latent-diffusion's `Encoder`). The latent is either spatial, (z_channels, r, r) with r = resolution /
 2**(len(channel_mult) - 1) (latent-diffusion's f = 4 or 8), or flat, a `latent_dim`-vector from a linear
-layer on the flattened bottleneck (seed 002's 256-d latent). The decoder mirrors the encoder.
+layer on the flattened bottleneck (the VAE-GAN latent-diffusion study's 256-d latent). The decoder mirrors the encoder.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class AutoencoderKL(nn.Module):
         num_res_blocks: residual blocks per level (encoder; the decoder has one more, as in LDM).
         attention_resolutions: feature-map sides with a self-attention block.
         z_channels: channels of the spatial latent (ignored when `latent_dim` is set).
-        latent_dim: if set, a flat latent of this size (seed 002: 256) instead of a spatial one.
+        latent_dim: if set, a flat latent of this size (the VAE-GAN latent-diffusion study: 256) instead of a spatial one.
     """
 
     def __init__(

@@ -3,11 +3,11 @@
 The generator is `genface.nets.dcgan.DCGANGenerator` with `num_classes`: it concatenates the condition
 (one-hot class, or the 0/1 attribute vector as it comes) to z. Discriminator heads:
 
-- ``concat``: the condition as constant maps concatenated to the image channels (seed 004's cGAN);
+- ``concat``: the condition as constant maps concatenated to the image channels (the cGAN / Pix2Pix / DDPM lab's cGAN);
   one real/fake logit.
 - ``projection`` (Miyato & Koyama 2018): logit = ψ(φ(x)) + <W c, φ(x)>, c the one-hot / multi-hot
   condition: the label enters as an inner product with the features, not as input channels.
-- ``multiclass``: seed 004's (K+1)-way discriminator: K real classes + "generated", no label input.
+- ``multiclass``: the cGAN / Pix2Pix / DDPM lab's (K+1)-way discriminator: K real classes + "generated", no label input.
 - ``acgan`` (Odena et al. 2017): a real/fake logit plus K auxiliary class (or attribute) logits.
 """
 

@@ -1,6 +1,6 @@
 """DCGAN generator and discriminator (4-2-1 topology), width and resolution configurable.
 
-With `resolution=64, width=64, latent_dim=100` these are exactly DLStudio's DG1 pair from seed 001:
+With `resolution=64, width=64, latent_dim=100` these are exactly DLStudio's DG1 pair from DLStudio's DG1 study:
 GeneratorDG1 (transposed convs without bias, 3,576,704 parameters) and DiscriminatorDG1 (convs with
 bias, no batch norm on the first layer, 2,766,529 parameters). The discriminator returns logits; DG1's
 final sigmoid lives in the loss.

@@ -1,4 +1,4 @@
-"""Residual MLP denoiser for flat latents (seed 002's 256-d VAE latent), with the UNet's calling convention.
+"""Residual MLP denoiser for flat latents (the VAE-GAN latent-diffusion study's 256-d VAE latent), with the UNet's calling convention.
 
 A flat latent has no spatial structure for convolutions to exploit, so the denoiser is a stack of
 pre-norm residual MLP blocks whose normalisation is modulated by the time (+ class) embedding (the

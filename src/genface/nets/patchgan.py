@@ -4,7 +4,7 @@ Layout of pytorch-CycleGAN-and-pix2pix's `NLayerDiscriminator`: a 4x4/2 convolut
 `n_layers - 1` more 4x4/2 convolutions + norm, one 4x4/1 convolution + norm, and a 4x4/1 convolution to
 one channel; LeakyReLU(0.2) between. With `n_layers=3, ndf=64` on a 6-channel input (source and target
 concatenated) that is the 70x70 PatchGAN: 2,768,705 parameters with the reference's bias-free
-convolutions before batch norm (`bias=False`), 2,769,601 with those biases (`bias=True`, seed 004's count).
+convolutions before batch norm (`bias=False`), 2,769,601 with those biases (`bias=True`, the cGAN / Pix2Pix / DDPM lab's count).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class PatchGAN(nn.Module):
         n_layers: stride-2 layers; 3 gives 70x70 patches (`receptive_field`).
         norm: "batch" or "instance".
         bias: biases on the convolutions followed by a norm (redundant before batch norm, which is why
-            the reference leaves them out; seed 004 counts them).
+            the reference leaves them out; the cGAN / Pix2Pix / DDPM lab counts them).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Pictures of a latent space (seed 002): 2-D projections of encoded images coloured by class, and
+"""Pictures of a latent space (the VAE-GAN latent-diffusion study): 2-D projections of encoded images coloured by class, and
 class-conditional sample grids (one labelled row per class, e.g. Not Smiling / Smiling)."""
 
 from __future__ import annotations
