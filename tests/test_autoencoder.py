@@ -330,7 +330,7 @@ def test_model_configs_instantiate(name, compose_train):
     assert model.image_shape == (3, 32, 32) and model.perceptual is None
 
 
-def test_vaegan-ldm-study_autoencoder_experiment(compose_train, tmp_path):
+def test_vaegan_celeba64_autoencoder_experiment(compose_train, tmp_path):
     cfg = compose_train("experiment=vaegan_celeba64", f"data.root={tmp_path}")
     assert cfg.data.attributes == ["Smiling"] and cfg.model.autoencoder.latent_dim == 256
     assert cfg.callbacks.reconstruction_grid._target_.endswith("ReconstructionGrid")

@@ -8,6 +8,9 @@ import sys
 
 COMMANDS = {
     "train": ("genface.train", "fit a model: genface train experiment=dcgan_synthfaces"),
+    "check": ("genface.check", "preflight of a recipe, no training: genface check experiment=NAME data.root=DIR"),
+    "rehearse": ("genface.rehearse", "run a shipped recipe unchanged, cut short, on its stand-in: genface rehearse experiment=NAME"),
+    "standin": ("genface.standin", "render synthfaces in a real dataset's layout: genface standin celeba out=DIR n=3000"),
     "sample": ("genface.sample", "write samples of a checkpoint: genface sample ckpt=PATH n=1000"),
     "evaluate": ("genface.evaluate", "FID/KID of folders or a checkpoint: genface evaluate real=DIR fake=DIR"),
     "analyze": ("genface.analyze", "latent directions and edits: genface analyze all generator=G classifier=C"),
