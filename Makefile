@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.genface-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-full lint clean-runs bench
+.PHONY: setup demo test test-full lint clean-runs bench rehearse
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ test-full: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+# every real-data recipe unchanged on its stand-in, cut short (hours on 2 CPU cores): docs/rehearsals.{json,md}
+rehearse: setup
+	$(BIN)/genface rehearse all table=docs/rehearsals.json
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

@@ -120,7 +120,7 @@ def halves_samples(tmp_path_factory):
 def test_sampling_with_classifier_writes_aligned_arrays(halves_samples):
     s = halves_samples
     assert s.latents.shape == (600, 8) and s.attributes.shape == (600, 3) and s.features.shape == (600, 2)
-    assert s.attribute_names == NAMES and s.meta["attributes"] == 3
+    assert s.attribute_names == NAMES and s.meta["attributes"] == 3 and s.meta["sampling"] == {}  # one pass
     z = torch.from_numpy(np.array(s.latents[:5]))
     again = classify(halves_classifier(), HalvesGenerator().generate(z))
     np.testing.assert_allclose(s.attributes[:5], again, atol=1e-5)

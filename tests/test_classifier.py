@@ -9,15 +9,17 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 from hydra.utils import instantiate
+from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from genface.callbacks.classifier_report import ClassifierReport
+from genface.callbacks.classifier_report import RIGHT, WRONG, ClassifierReport, prediction_captions
 from genface.metrics.extractors import ClassifierExtractor
 from genface.models import load_module
 from genface.models.classifier import Classifier, balanced_thresholds
 from genface.nets.resnet import load_pretrained, resnet18
+from genface.viz.analysis import LINE_HEIGHT
 from helpers import StepRecorder, tiny_trainer
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -225,6 +227,32 @@ def test_validation_metrics_match_scikit_learn_and_the_report_is_written(tmp_pat
     assert (tmp_path / "report" / "classifier_val.png").is_file()
     csv_rows = (tmp_path / "report" / "classifier_val.csv").read_text().splitlines()
     assert csv_rows[0] == "attribute,acc,bal_acc,f1,auroc" and len(csv_rows) == 4
+
+
+def test_prediction_captions_colour_right_and_wrong_predictions():
+    names = ["A", "B", "C"]
+    proba = torch.tensor([[0.9, 0.7, 0.2], [0.1, 0.6, 0.3]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    first, second = prediction_captions(proba, targets, names, "attributes", top_k=1)
+    assert first == [("A 0.90", RIGHT), ("missed: C", WRONG)]  # only the top one of A and B; C was missed
+    assert second == [("B 0.60", RIGHT)]
+    assert prediction_captions(proba, targets, names, "attributes")[0][:2] == [("A 0.90", RIGHT), ("B 0.70", WRONG)]
+    classes = prediction_captions(torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]]), torch.tensor([0, 2]), names, "class")
+    assert classes == [[("A 0.70", RIGHT)], [("B 0.60", WRONG), ("true: C", WRONG)]]
+
+
+def test_test_report_shows_test_faces_captioned_with_predictions(tmp_path):
+    dm = StripesData(n=24, batch_size=8)
+    model = tiny_classifier(net={"_target_": "test_classifier.FixedNet"})
+    report = ClassifierReport(examples=6)
+    tiny_trainer(tmp_path, callbacks=[report]).test(model, datamodule=dm, verbose=False)
+    path = tmp_path / "report" / "classifier_test_examples.png"
+    assert path in report.written
+    with torch.no_grad():
+        captions = prediction_captions(model.predict_proba(dm.x[:6]), dm.targets[:6], ["A", "B", "C"], "attributes")
+    # 16 px faces enlarged to 64, cells 140 px wide, 4 per row: 2 rows of face + the longest caption
+    cell_height = 64 + LINE_HEIGHT * max(len(c) for c in captions)
+    assert Image.open(path).size == (2 + 4 * (140 + 2), 2 + 2 * (cell_height + 2))
 
 
 class BiasedNet(FixedNet):

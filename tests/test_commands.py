@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from conftest import compose_cfg
+from genface.evaluate import evaluate
 from genface.train import train
+from test_analysis import HalvesGenerator, save_module
 from test_train import TINY, run_cli
 
 
@@ -50,6 +54,25 @@ def test_evaluate_refuses_low_n_fid_by_default(tmp_path):
     write_folder(tmp_path / "real", 8, 0)
     res = run_cli("evaluate", f"real={tmp_path}/real", f"fake={tmp_path}/real", "extractor=tiny", f"hydra.run.dir={tmp_path}/e", tmp_path=tmp_path)
     assert res.returncode != 0 and "allow_low_n" in res.stderr
+
+
+def test_evaluate_refuses_n_before_generating_anything(tmp_path, monkeypatch):
+    write_folder(tmp_path / "real", 3, 0)
+    ckpt = save_module(HalvesGenerator(), tmp_path / "g.ckpt")
+
+    def generate(self, latents, labels):
+        raise AssertionError("generated fakes although N is refused")
+
+    monkeypatch.setattr(HalvesGenerator, "_generate", generate)
+
+    def run(*overrides: str) -> None:
+        common = [f"real={tmp_path}/real", f"fake={ckpt}", "extractor=tiny", "device=cpu"]
+        evaluate(compose_cfg("evaluate", [*common, *overrides], tmp_path))
+
+    with pytest.raises(ValueError, match=r"n_real=3 < 64 features is refused.*allow_low_n"):
+        run()
+    with pytest.raises(ValueError, match=r"n_real=5 real images but the real folder .*real holds 3"):
+        run("n_real=5", "allow_low_n=true")
 
 
 def test_wandb_offline_and_tensorboard_loggers_receive_metrics_and_images(compose_train, monkeypatch):

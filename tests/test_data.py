@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,12 +29,15 @@ from genface.data import (
 )
 from genface.data import mnist as mnist_module
 from genface.data.base import (
+    SPLITS,
     CachedImageDataset,
     FileImageDataset,
     check_fractions,
+    decode_image,
     natural_key,
     split_indices,
 )
+from genface.metrics.evaluate import ImageFolderDataset
 
 RES = 16
 
@@ -189,6 +194,40 @@ def test_channels_grey_repeated_to_rgb_and_rgb_to_grey(tmp_path):
     assert image.shape == (1, RES, RES)
 
 
+def test_16_bit_grey_is_scaled_and_transparency_composited_on_the_background(tmp_path):
+    root = tmp_path / "odd"
+    root.mkdir()
+    levels = np.linspace(0, 65535, RES * RES).reshape(RES, RES).astype(np.uint16)
+    Image.fromarray(levels).save(root / "grey16.png")  # PIL opens it as I;16
+    rgba = np.zeros((RES, RES, 4), np.uint8)
+    rgba[..., 0], rgba[:, RES // 2 :, 3] = 200, 255  # red, the left half fully transparent
+    Image.fromarray(rgba, "RGBA").save(root / "rgba.png")
+    palette = Image.new("P", (RES, RES))
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    palette.paste(1, (RES // 2, 0, RES, RES))
+    palette.save(root / "palette.png", transparency=0)  # index 0 (the left half) transparent
+
+    grey = decode_image(root / "grey16.png", RES, 1)[..., 0]
+    assert np.abs(grey.astype(float) - levels / 257).max() <= 0.5
+    for name, right in (("rgba.png", [200, 0, 0]), ("palette.png", [10, 20, 30])):
+        white = decode_image(root / name, RES, 3)
+        black = decode_image(root / name, RES, 3, background=(0, 0, 0))
+        assert (white[:, : RES // 2] == 255).all() and (black[:, : RES // 2] == 0).all(), name
+        assert (white[:, RES // 2 :] == right).all() and (black[:, RES // 2 :] == right).all(), name
+
+    # Metrics read folders the same way, and a DataModule takes data.background (part of its id).
+    metric_items = ImageFolderDataset(root)
+    for i, path in enumerate(metric_items.files):
+        expected = torch.tensor(decode_image(path, RES, 3)).permute(2, 0, 1).float() / 127.5 - 1
+        assert torch.equal(metric_items[i][0], expected), path.name
+    dark = ImageFolderDataModule(str(root), resolution=RES, background=[0, 0, 0], split_fractions=(1, 0, 0))
+    assert "-bg0-0-0-" in dark.dataset_id and "-bg" not in ImageFolderDataModule(str(root), resolution=RES).dataset_id
+    train = dark.split_dataset("train")
+    assert (train.read(train.paths.index(str(root / "rgba.png")))[:, : RES // 2] == 0).all()
+    with pytest.raises(ValueError, match=r"data.background must be three levels 0-255"):
+        ImageFolderDataModule(str(root), resolution=RES, background=[0, 0, 256])
+
+
 # ----------------------------------------------------------------------------------------------- cache
 
 
@@ -253,6 +292,72 @@ def test_failed_prepare_leaves_no_cache(celeba):
     with pytest.raises(CorruptImageError):
         dm.prepare_cache(progress=False)
     assert list((root / ".genface_cache").iterdir()) == []
+
+
+def test_folder_id_follows_its_content_and_training_sees_the_new_images(tmp_path, caplog):
+    root, arrays = tmp_path / "faces", tmp_path / "arrays"
+    write_image_folder(root, [f"{i}.png" for i in range(40)])
+
+    def folder() -> ImageFolderDataModule:
+        return ImageFolderDataModule(str(root), resolution=RES, cache_dir=str(arrays))
+
+    old = folder()
+    assert "dataset_id" not in vars(old)  # building it walks nothing: the id is hashed on first use
+    old.prepare_cache(progress=False)
+    assert folder().dataset_id == old.dataset_id  # nothing touched: same id, the prepared arrays are read
+    assert isinstance(folder().split_dataset("train"), CachedImageDataset)
+
+    for i in range(30):
+        (root / f"{i}.png").unlink()
+    write_image_folder(root, [f"new{i}.png" for i in range(100)], seed=1)
+    new = folder()
+    with caplog.at_level(logging.WARNING, logger="genface.data.base"):
+        train = new.split_dataset("train")
+    assert new.dataset_id != old.dataset_id and isinstance(train, FileImageDataset)
+    names = {Path(p).name for split in SPLITS for p in new.split_dataset(split).paths}
+    assert len(names) == 110 and "new7.png" in names and "0.png" not in names
+    assert len(train) == 110 - len(new.split_dataset("val")) - len(new.split_dataset("test"))
+    assert "files changed since the prepared arrays" in caplog.text and old.dataset_id in caplog.text
+
+    # Same names, new pixels: a replaced file (its size and modification time) changes the id too.
+    before = folder().dataset_id
+    write_image_folder(root, ["new7.png"], seed=2)
+    stat = (root / "new7.png").stat()
+    os.utime(root / "new7.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert folder().dataset_id != before
+
+
+def test_a_cache_inside_the_folder_does_not_change_its_id(tmp_path):
+    root = tmp_path / "faces"
+    write_image_folder(root, [f"{i}.png" for i in range(6)])
+    dm = ImageFolderDataModule(str(root), resolution=RES)  # arrays go to faces/.genface_cache
+    dm.prepare_cache(progress=False)
+    again = ImageFolderDataModule(str(root), resolution=RES)
+    assert again.dataset_id == dm.dataset_id and isinstance(again.split_dataset("train"), CachedImageDataset)
+
+
+def test_celeba_and_celebahq_ids_follow_images_and_label_files(celeba, tmp_path):
+    root, _ = celeba
+
+    def edited(path: Path, old: str, new: str) -> None:  # same size: only the modification time tells
+        stat = path.stat()
+        path.write_text(path.read_text().replace(old, new, 1))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    before = celeba_dm(root).dataset_id
+    assert celeba_dm(root).dataset_id == before
+    edited(root / "list_eval_partition.txt", " 2\n", " 1\n")
+    after_partition = celeba_dm(root).dataset_id
+    edited(root / "list_attr_celeba.txt", "-1", " 1")  # one attribute flipped
+    after_attributes = celeba_dm(root).dataset_id
+    (root / "img_align_celeba" / "000001.png").unlink()
+    assert len({before, after_partition, after_attributes, celeba_dm(root).dataset_id}) == 4
+
+    hq = tmp_path / "hq"
+    _write_hq(hq, n=6, attr=False)
+    before = CelebAHQDataModule(str(hq), resolution=RES).dataset_id
+    random_image(np.random.default_rng(0), (20, 20)).save(hq / "6.jpg")
+    assert CelebAHQDataModule(str(hq), resolution=RES).dataset_id != before
 
 
 def test_rootless_dataset_needs_cache_dir_to_prepare(tmp_path):

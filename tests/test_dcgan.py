@@ -1,14 +1,18 @@
-"""DCGAN: the seed's exact parameter counts, shapes, training, determinism, checkpoints."""
+"""DCGAN: DLStudio DG1's exact parameter counts, the study recipes, shapes, training, determinism, checkpoints."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
+from genface.callbacks.sample_grid import SampleGrid
 from genface.models import load_generative
 from genface.models.dcgan import DCGAN
 from genface.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+from genface.viz.grids import grid_image
 from helpers import StepRecorder, TinyImages, tiny_trainer
 
 
@@ -16,18 +20,28 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def test_dg1_parameter_counts_match_seed_001():
+def test_dg1_parameter_counts_match_dlstudio():
     # DLStudio GeneratorDG1 / DiscriminatorDG1 as printed in DLStudio's DG1 study.
     assert n_params(DCGANGenerator(latent_dim=100, width=64, resolution=64, bias=False)) == 3_576_704
     assert n_params(DCGANDiscriminator(width=64, resolution=64, bias=True)) == 2_766_529
 
 
-def test_dg1_model_config_builds_the_seed_pair(compose_train):
+def test_dg1_model_config_builds_the_dlstudio_pair(compose_train):
     cfg = compose_train("model=dcgan_dg1", "data=digits", "data.channels=3")
     model = instantiate(cfg.model)
     assert n_params(model.generator) == 3_576_704
     assert n_params(model.discriminator) == 2_766_529
     assert model.hparams.optimizer_g["lr"] == 1e-4 and model.hparams.optimizer_g["betas"][0] == 0.5
+
+
+def test_coursework_recipe_has_the_reports_settings(compose_train):
+    cfg = compose_train("experiment=dcgan_coursework_celeba64")
+    model = instantiate(cfg.model)
+    assert n_params(model.generator) == 3_576_704 and n_params(model.discriminator) == 2_766_529
+    for opt in (model.hparams.optimizer_g, model.hparams.optimizer_d):
+        assert (opt["lr"], tuple(opt["betas"])) == (1e-4, (0.75, 0.999))
+    assert model.hparams.loss == "bce" and cfg.trainer.max_epochs == 500
+    assert (cfg.metrics.fid.n_fake, cfg.metrics.fid.extractor) == (2048, "inception")
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 64, 128])
@@ -97,3 +111,13 @@ def test_checkpoint_round_trip_with_ema(tmp_path):
     with torch.no_grad():
         live = model.generator.eval()(z)
     assert not torch.allclose(live, model.generate(z))
+
+
+def test_sample_grid_writes_the_real_images_once_in_the_samples_layout(tmp_path):
+    data = TinyImages(n=16, resolution=16, batch_size=8)
+    grid = SampleGrid(n=6, dirpath=str(tmp_path / "samples"))
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0, callbacks=[grid])
+    trainer.fit(tiny_dcgan(), datamodule=data)
+    real = np.asarray(Image.open(tmp_path / "samples" / "real.png"))
+    assert real.shape == np.asarray(Image.open(tmp_path / "samples" / "epoch_0001.png")).shape
+    assert np.array_equal(real, grid_image(data.images[:6]))  # the first training images, unaugmented

@@ -1,13 +1,15 @@
-"""DD-GAN: nets, the latent layout of the Generative contract, training, R1 laziness, checkpoints, configs."""
+"""DD-GAN: nets, the latent layout of the Generative contract, training, per-timestep logs, R1 laziness,
+checkpoints (including those saved before `min_channels_per_group`), configs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import Tensor, nn
 
 import genface.models.ddgan as ddgan_module
-from genface.models import load_generative
+from genface.models import load_generative, load_module
 from genface.models.ddgan import DDGAN
 from genface.nets.ddgan import DDGANDiscriminator, DDGANGenerator, minibatch_stddev
 from helpers import StepRecorder, TinyImages, tiny_trainer
@@ -32,11 +34,12 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def tiny_ddgan(**kw) -> DDGAN:
+def tiny_ddgan(generator: dict | None = None, **kw) -> DDGAN:
     opt = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3, "betas": [0.5, 0.9]}
     kw = {"ema_decay": None, "use_cosine": False, **kw}
+    generator = dict(generator or TINY_G)
     return DDGAN(
-        generator=dict(TINY_G), discriminator=dict(TINY_D), optimizer_g=opt, optimizer_d=dict(opt), **kw
+        generator=generator, discriminator=dict(TINY_D), optimizer_g=opt, optimizer_d=dict(opt), **kw
     )
 
 
@@ -194,6 +197,57 @@ def test_validation_logs_discriminator_accuracy(tmp_path):
         assert 0.0 <= float(trainer.callback_metrics[key]) <= 1.0
 
 
+class ScriptedDiscriminator(nn.Module):
+    """A D whose logit is a known function of t and of the call: per batch DD-GAN calls D on the real pairs,
+    on the fakes (D step), then on fresh fakes (G step); batch b adds b to every logit."""
+
+    REAL, FAKE = torch.tensor([2.0, 0.5, -0.5, 0.0]), torch.tensor([-3.0, -1.0, 0.2, 0.1])
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels, self.resolution = 3, 16
+        self.scale = nn.Parameter(torch.ones(()))  # something for D's optimiser; stays 1 with lr 0
+        self.real_t: list[Tensor] = []
+        self.calls = 0
+
+    def forward(self, x_prev: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        batch, role = divmod(self.calls, 3)
+        self.calls += 1
+        if role == 0:
+            self.real_t.append(t.clone())
+        logits = self.scale * ((self.REAL if role == 0 else self.FAKE)[t] + batch)
+        return logits + 0.0 * x_prev.mean(dim=(1, 2, 3))  # keeps G's loss differentiable
+
+
+def test_discriminator_beliefs_are_logged_per_timestep(tmp_path):
+    """train/d_real_t{t}: per step the mean of sigmoid(logit) over the batch's samples at t (NaN when none
+    is), per epoch the mean over every sample at t; the averages over all t are kept."""
+    torch.manual_seed(0)
+    model = tiny_ddgan(num_timesteps=4, r1_gamma=0.0)
+    model.discriminator = d = ScriptedDiscriminator()
+    model.hparams.optimizer_d["lr"] = 0.0
+    rec = StepRecorder()
+    tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[rec]).fit(
+        model, datamodule=TinyImages(n=8, batch_size=4)
+    )
+    assert len(rec.rows) == len(d.real_t) == 2
+    ts = torch.cat(d.real_t)
+    assert any(set(range(4)) - set(t.tolist()) for t in d.real_t), (
+        "want a batch that misses a t: change the seed"
+    )
+    for kind, table in (("d_real", d.REAL), ("d_fake", d.FAKE)):
+        beliefs = [torch.sigmoid(table[t] + b) for b, t in enumerate(d.real_t)]
+        for b, row in enumerate(rec.rows):
+            assert row[f"train/{kind}_step"] == pytest.approx(float(beliefs[b].mean()))
+            for step in range(4):
+                expected = beliefs[b][d.real_t[b] == step].mean()  # NaN if the batch has no sample at t
+                assert row[f"train/{kind}_t{step}_step"] == pytest.approx(float(expected), nan_ok=True)
+        for step in range(4):
+            expected = torch.cat(beliefs)[ts == step].mean()  # NaN if the epoch never drew t
+            got = model.trainer.callback_metrics[f"train/{kind}_t{step}_epoch"]
+            assert float(got) == pytest.approx(float(expected), nan_ok=True)
+
+
 def test_checkpoint_round_trip_with_ema(tmp_path):
     model = tiny_ddgan(ema_decay=0.9)
     trainer = tiny_trainer(tmp_path, max_steps=6, limit_val_batches=0)
@@ -209,6 +263,35 @@ def test_checkpoint_round_trip_with_ema(tmp_path):
     assert not torch.allclose(live, model.generate(z))
 
 
+def _group_counts(model: DDGAN) -> dict[int, int]:
+    return {m.num_channels: m.num_groups for m in model.generator.modules() if isinstance(m, nn.GroupNorm)}
+
+
+def test_checkpoint_saved_before_min_channels_per_group_keeps_its_groups(tmp_path):
+    """GroupNorm's weights fit any group count, so a checkpoint whose generator config lacks the key (saved
+    before it existed) must rebuild the old groups (largest divisor <= num_groups), not the configs' new ones."""
+    old = {**TINY_G, "num_groups": 32, "min_channels_per_group": 1}
+    model = tiny_ddgan(generator=old)
+    perturb(model.generator)
+    trainer = tiny_trainer(tmp_path, max_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyImages(n=8, batch_size=8))
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["hyper_parameters"]["generator"]["min_channels_per_group"]
+    torch.save(ckpt, path)
+
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(0))
+    loaded = load_module(path)
+    assert _group_counts(loaded) == _group_counts(model) == {8: 8, 16: 16, 24: 24, 32: 32}
+    assert torch.equal(loaded.generate(z), model.generate(z))
+    # The hazard guarded against: the same weights under the new groups load silently, draw other images.
+    new = tiny_ddgan(generator={**old, "min_channels_per_group": 4})
+    new.load_state_dict(loaded.state_dict())
+    assert _group_counts(new) == {8: 2, 16: 4, 24: 6, 32: 8}
+    assert not torch.allclose(new.generate(z), model.generate(z), atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("experiment", "resolution", "timesteps", "layout"),
     [
@@ -222,6 +305,7 @@ def test_experiment_configs_compose(compose_train, experiment, resolution, times
     assert cfg.data.resolution == resolution and cfg.model.num_timesteps == timesteps
     assert cfg.model.discriminator.layout == layout
     assert cfg.model.optimizer_g.betas == [0.5, 0.9]
+    assert (cfg.model.generator.num_groups, cfg.model.generator.min_channels_per_group) == (32, 4)
     if experiment == "ddgan_synthfaces":
         model = instantiate(cfg.model)
         assert model.image_shape == (3, 32, 32) and model.ema is not None
@@ -231,11 +315,11 @@ def test_experiment_configs_compose(compose_train, experiment, resolution, times
         assert (cfg.model.r1_gamma, cfg.model.lazy_reg, cfg.model.ema_decay) == (2.0, 10, 0.9999)
 
 
-def test_celebahq128_builds_the_seed_000_model(compose_train):
+def test_celebahq128_builds_the_latent_analysis_studys_model(compose_train):
     cfg = compose_train("experiment=ddgan_celebahq128")
     model = instantiate(cfg.model)
     assert model.image_shape == (3, 128, 128) and model.generator.nz == 100
-    # Guards against silent architecture drift of the seed-000 configuration.
+    # Guards against silent architecture drift of the DD-GAN latent-analysis study's configuration.
     assert n_params(model.generator) == 39_996_739
     assert n_params(model.discriminator) == 27_737_217
     assert model.latent_dim == 2 * 3 * 128 * 128 + 2 * 100

@@ -1,4 +1,5 @@
-"""DDPM: training lowers the loss, the DDIM contract is deterministic, CFG, checkpoints, paths, configs."""
+"""DDPM: training lowers the loss, `generate` runs the configured sampler (DDIM or ancestral) deterministically,
+CFG, checkpoints, paths, configs."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def fixed_loss(model: DDPM, x0: torch.Tensor) -> float:
     [
         ({"pred_type": "score"}, r"model.pred_type='score'.*eps, x0, v"),
         ({"loss": "huber"}, r"model.loss='huber'.*l2, l1"),
-        ({"sampler": "euler"}, r"model.sampler='euler'.*ddpm, ddim"),
+        ({"sampler": "euler"}, r"model.sampler='euler'.*ancestral, ddim"),
         ({"sample_steps": 101}, r"sample_steps must lie in \[1, T=100\]"),
         ({"guidance_scale": 3.0}, r"guidance_scale != 1 needs a conditional model"),
         ({"schedule": {"kind": "linear"}}, r"model.schedule must hold `kind` and `T`"),
@@ -124,12 +125,44 @@ def test_generate_is_deterministic_ddim_and_in_range():
     assert not torch.equal(a, model.generate(model.sample_latents(4)))
 
 
-def test_stochastic_sampler_depends_on_its_generator():
-    for sampler in ("ddpm", "ddim"):
-        model = perturbed(tiny_ddpm(sampler=sampler, eta=1.0, schedule={"kind": "cosine", "T": 10}))
-        draw = [model.generate_stochastic(2, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
-        assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
-        assert draw[0].shape == (2, 3, RES, RES) and draw[0].abs().max() <= 1
+@pytest.mark.parametrize(("sampler", "eta", "nfe"), [("ancestral", 0.0, 10), ("ddim", 1.0, 5), ("ddim", 0.0, 5)])
+def test_generate_runs_the_configured_sampler_deterministically(sampler, eta, nfe):
+    model = perturbed(tiny_ddpm(sampler=sampler, eta=eta, schedule={"kind": "cosine", "T": 10}))
+    calls = []
+    model.net.register_forward_hook(lambda *_: calls.append(1))
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(0))
+    images = model.generate(z)
+    assert len(calls) == nfe  # ancestral: all T steps; DDIM: sample_steps
+    assert torch.equal(images, model.generate(z)) and images.abs().max() <= 1
+    # stochastic steps draw each sample's noise from its own latent: the batch does not matter
+    torch.testing.assert_close(model.generate(z[1:]), images[1:])
+
+
+def test_sampler_switch_is_checked_and_recorded_in_the_protocol():
+    model = tiny_ddpm(eta=0.5)
+    assert model.sampling_protocol == {"sampler": "ddim", "steps": 5, "eta": 0.5}
+    model.sampler = "ancestral"
+    assert model.sampling_protocol == {"sampler": "ancestral", "steps": 100}
+    assert tiny_ddpm(num_classes=3, guidance_scale=2.0).sampling_protocol["guidance_scale"] == 2.0
+    model.sampler = "euler"
+    with pytest.raises(ValueError, match=r"model.sampler='euler' is not allowed; allowed: ancestral, ddim"):
+        model.generate(model.sample_latents(1))
+
+
+def test_trained_model_samplers_differ_and_the_checkpoint_keeps_the_sampler(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_ddpm(schedule={"kind": "cosine", "T": 20})
+    trainer = tiny_trainer(tmp_path, max_steps=20, limit_val_batches=0)
+    trainer.fit(model, datamodule=TinyImages(n=16, resolution=RES, batch_size=16))
+    z = model.sample_latents(4, generator=torch.Generator().manual_seed(0))
+    ddim = model.generate(z)
+    model.sampler = "ancestral"  # changed after training: the checkpoint keeps it
+    ancestral = model.generate(z)
+    assert (ancestral - ddim).abs().mean() > 0.05, (ancestral - ddim).abs().mean()
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = load_generative(tmp_path / "m.ckpt")
+    assert loaded.sampling_protocol == {"sampler": "ancestral", "steps": 20}
+    assert torch.equal(loaded.generate(z), ancestral)
 
 
 @pytest.mark.parametrize(("every", "kept"), [(1, [0, 1, 2, 3, 4]), (2, [0, 2, 4]), (3, [0, 3, 4])])
@@ -144,6 +177,14 @@ def test_generate_with_path_matches_generate(every, kept):
     # the first x_t is x_T itself, the final image the last step's x0
     assert torch.equal(path[0][1], z.reshape(3, 3, RES, RES))
     assert torch.allclose(path[-1][2].clamp(-1, 1), images)
+
+
+def test_ancestral_path_visits_every_step_and_matches_generate():
+    model = perturbed(tiny_ddpm(sampler="ancestral", schedule={"kind": "cosine", "T": 10}))
+    z = model.sample_latents(2, generator=torch.Generator().manual_seed(0))
+    images, path = model.generate_with_path(z, every=4)
+    assert torch.equal(images, model.generate(z))
+    assert [t for t, _, _ in path] == [9, 5, 1, 0]
 
 
 # ----- conditioning and classifier-free guidance ------------------------------------------------------
@@ -253,6 +294,7 @@ def n_params(m: torch.nn.Module) -> int:
     ("overrides", "params", "shape"),
     [
         (["experiment=ddpm_dlstudio_celeba64"], 92_025_731, (3, 64, 64)),
+        (["experiment=ddpm_coursework_celeba64"], 92_025_731, (3, 64, 64)),
         (["experiment=ddpm_unet2d_mnist"], 1_826_721, (1, 28, 28)),
         (["experiment=ddpm_synthfaces"], 1_192_387, (3, 32, 32)),
         (["model=ddpm", "data=synthfaces"], 9_593_539, (3, 64, 64)),
@@ -266,6 +308,18 @@ def test_configs_instantiate(compose_train, overrides, params, shape):
     model = instantiate(compose_train(*overrides, "model.net.base_channels=8").model)  # the module, narrowed
     assert isinstance(model, DDPM) and model.image_shape == shape and model.ema is not None
     assert "denoising_path" in cfg.callbacks or overrides[0].startswith("model=")
+
+
+@pytest.mark.parametrize(
+    ("experiment", "protocol"),
+    [
+        ("ddpm_dlstudio_celeba64", {"sampler": "ancestral", "steps": 1000}),
+        ("ddpm_coursework_celeba64", {"sampler": "ddim", "steps": 100, "eta": 1.0}),
+    ],
+)
+def test_study_recipes_sample_as_their_studies(compose_train, experiment, protocol):
+    model = instantiate(compose_train(f"experiment={experiment}", "model.net.base_channels=8").model)
+    assert model.sampling_protocol == protocol
 
 
 def test_synthfaces_experiment_builds_its_data_and_callbacks(compose_train):

@@ -13,6 +13,7 @@ from genface.diffusion import (
     ddim_timesteps,
     ddpm_sample,
     extract,
+    latent_generators,
     make_betas,
     predict_eps,
     predict_x0,
@@ -282,6 +283,36 @@ def test_samplers_on_flat_latents_with_paths() -> None:
         _toy_model, s, x_T, "eps", generator=torch.Generator().manual_seed(0), return_path=True
     )
     assert out.shape == (4, 16) and len(path) == 50 and path[-1][0].shape == (4, 16)
+
+
+def test_paths_keep_every_kth_step_and_the_last() -> None:
+    s = NoiseSchedule.from_config("cosine", 10)
+    x_T = torch.randn(2, 3)
+    full, path = ddpm_sample(_toy_model, s, x_T, "eps", torch.Generator().manual_seed(0), return_path=True)
+    out, thin = ddpm_sample(
+        _toy_model, s, x_T, "eps", torch.Generator().manual_seed(0), return_path=True, path_every=4
+    )
+    assert torch.equal(out, full) and len(thin) == 4  # steps 0, 4, 8 and the last (9)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(thin, [path[k] for k in (0, 4, 8, 9)]))
+    _, thin = ddim_sample(_toy_model, s, x_T, 5, return_path=True, path_every=3)
+    assert len(thin) == 3  # steps 0, 3 and the last (4)
+    with pytest.raises(ValueError, match=r"k \(path_every\) must be >= 1"):
+        ddim_sample(_toy_model, s, x_T, 5, return_path=True, path_every=0)
+
+
+def test_per_sample_generators_make_each_sample_a_function_of_its_latent() -> None:
+    s = NoiseSchedule.from_config("cosine", 12)
+    x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    gens = [g.get_state() for g in latent_generators(x_T)]
+    assert all(torch.equal(a, b) for a, b in zip(gens, [g.get_state() for g in latent_generators(x_T.clone())]))
+    assert not torch.equal(gens[0], gens[1])  # different latents, different noise
+    batch = ddpm_sample(_toy_model, s, x_T, "eps", latent_generators(x_T))
+    alone = ddpm_sample(_toy_model, s, x_T[1:2], "eps", latent_generators(x_T[1:2]))
+    torch.testing.assert_close(alone, batch[1:2])  # the batch a sample is drawn in does not matter
+    stochastic = ddim_sample(_toy_model, s, x_T, 6, eta=1.0, generator=latent_generators(x_T))
+    assert torch.equal(stochastic, ddim_sample(_toy_model, s, x_T, 6, eta=1.0, generator=latent_generators(x_T)))
+    with pytest.raises(ValueError, match="one generator per sample: got 2 for a batch of 3"):
+        ddpm_sample(_toy_model, s, x_T, "eps", latent_generators(x_T[:2]))
 
 
 def test_ddpm_generator_reproducible_and_progress_bar_runs() -> None:

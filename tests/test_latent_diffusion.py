@@ -189,7 +189,7 @@ def test_conditional_sampling_passes_the_labels_and_the_null_label(ae_ckpts):
     assert not torch.allclose(smiling, model.generate(z, torch.zeros(3, dtype=torch.long)))
 
 
-def test_stochastic_sampling_and_path(ae_ckpts):
+def test_samplers_and_path(ae_ckpts):
     model = perturbed(tiny_ldm(ae_ckpts["flat"], latent_scale=1.0))
     labels = torch.tensor([0, 1])
     z = model.sample_latents(2, generator=torch.Generator().manual_seed(0))
@@ -198,10 +198,11 @@ def test_stochastic_sampling_and_path(ae_ckpts):
     assert [t for t, _, _ in path] == [99, 74, 49, 24]
     assert all(x_t.shape == (2, 3, RES, RES) and x0.shape == x_t.shape for _, x_t, x0 in path)
     assert path_strip(path, n_rows=2, columns=4).ndim == 3
-    for sampler in ("ddpm", "ddim"):
-        model.sampler, model.eta = sampler, 1.0
-        out = model.generate_stochastic(2, labels, generator=torch.Generator().manual_seed(1))
+    for sampler, eta in (("ancestral", 0.0), ("ddim", 1.0)):
+        model.sampler, model.eta = sampler, eta
+        out = model.generate(z, labels)
         assert out.shape == (2, 3, RES, RES) and out.abs().max() <= 1
+        assert torch.equal(out, model.generate(z, labels)) and not torch.allclose(out, images)
 
 
 def test_spatial_latents_with_a_unet(ae_ckpts, tmp_path):

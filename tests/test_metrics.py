@@ -284,10 +284,13 @@ def test_cache_key_changes_with_everything_that_matters():
     assert len({base, *variants}) == 1 + len(variants)
 
 
-def test_real_stats_use_what_the_dataset_has(tmp_path):
+def test_real_stats_refuse_more_images_than_the_split_holds(tmp_path):
+    """A silently smaller N would change what FID means (and FID refused it later, after the fakes)."""
     dataset = TensorDataset(as_images(gaussian(10, 4, seed=1)))
-    with pytest.warns(UserWarning, match="has 10"):
-        stats = load_or_compute_real_stats(FlattenExtractor(4), dataset, "toy", "val", 50, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="n_real=50 real images but the 'val' split of toy holds 10"):
+        load_or_compute_real_stats(FlattenExtractor(4), dataset, "toy", "val", 50, tmp_path, progress=False)
+    assert not list(tmp_path.glob("*.npz"))
+    stats = load_or_compute_real_stats(FlattenExtractor(4), dataset, "toy", "val", 10, tmp_path, progress=False)
     assert stats.n == 10 and stats.features.shape == (10, 4)
 
 
@@ -379,6 +382,7 @@ def test_callback_logs_fid_and_records_the_protocol(tmp_path, monkeypatch):
         "real_split": "val",
         "source": "samples",
         "dataset_id": "fakefaces16",
+        "sampling": {},  # a GAN: no sampler settings
     }
     assert "fid_protocol" in (tmp_path / "logs" / "version_0" / "hparams.yaml").read_text()
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1

@@ -25,7 +25,7 @@ def n_params(m: torch.nn.Module) -> int:
 
 
 # ----- parameter counts --------------------------------------------------------------------------------
-def test_patchgan_70_counts_reference_and_seed_004():
+def test_patchgan_70_counts_the_reference_and_the_lab_with_biases():
     # Reference NLayerDiscriminator(6, ndf=64, n_layers=3, BatchNorm): conv 6->64 with bias, then 64->128,
     # 128->256 (stride 2) and 256->512 (stride 1) without bias, each + BN (2 x C), then 512->1 with bias.
     reference = (6 * 64 * 16 + 64) + (64 * 128 * 16 + 256) + (128 * 256 * 16 + 512) + (256 * 512 * 16 + 1024) + (
@@ -37,9 +37,9 @@ def test_patchgan_70_counts_reference_and_seed_004():
     assert n_params(PatchGAN(in_channels=6, ndf=64, n_layers=3, bias=True)) == 2_769_601
 
 
-def test_patchgan_receptive_fields_match_seed_004_table():
-    seed_table = {1: 16, 2: 34, 3: 70, 4: 142, 5: 286, 6: 574}
-    assert {n: PatchGAN(n_layers=n, ndf=4).receptive_field for n in seed_table} == seed_table
+def test_patchgan_receptive_fields_match_the_labs_table():
+    lab_table = {1: 16, 2: 34, 3: 70, 4: 142, 5: 286, 6: 574}
+    assert {n: PatchGAN(n_layers=n, ndf=4).receptive_field for n in lab_table} == lab_table
 
 
 def reference_unet_count(num_downs: int, ngf: int = 64, in_ch: int = 3, out_ch: int = 3) -> int:
@@ -219,14 +219,16 @@ def test_model_config_on_paired_data_wires_source_and_target_channels(compose_tr
     assert model.discriminator.net[0].in_channels == 4
 
 
-def test_facades_experiment_is_the_reference_recipe(compose_train):
+def test_facades_experiment_is_the_reference_recipe_at_the_labs_count(compose_train):
     cfg = compose_train("experiment=pix2pix_facades")
     model = instantiate(cfg.model)
-    assert n_params(model.generator) == 54_413_955 and n_params(model.discriminator) == 2_768_705
+    assert n_params(model.generator) == 54_413_955 and n_params(model.discriminator) == 2_769_601
+    reference = instantiate(compose_train("experiment=pix2pix_facades", "model.discriminator.bias=false").model)
+    assert n_params(reference.discriminator) == 2_768_705
     assert (model.hparams.lambda_l1, model.hparams.loss, cfg.data.direction) == (100.0, "bce", "BtoA")
     assert model.hparams.lr_constant_epochs + model.hparams.lr_decay_epochs == cfg.trainer.max_epochs == 200
     callbacks = instantiate_group(cfg.callbacks) + instantiate_group(cfg.metrics)
-    assert {type(cb).__name__ for cb in callbacks} >= {"Triplets", "TranslationFID", "ModelCheckpoint"}
+    assert {type(cb).__name__ for cb in callbacks} >= {"Triplets", "TranslationFID", "FiniteCheckpoint"}
     assert not any(type(cb).__name__ == "SampleGrid" for cb in callbacks)
 
 

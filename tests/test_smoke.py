@@ -144,8 +144,8 @@ def test_smoke_latent_diffusion_gets_a_tiny_first_stage_that_fits_its_denoiser(c
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_every_experiment_trains_under_smoke(tmp_path):
-    """`genface train -m 'experiment=glob(*)' debug=smoke`: every job writes a last checkpoint, and every job
-    with a sample grid its first grid."""
+    """`genface train -m 'experiment=glob(*)' debug=smoke`: every job writes a last checkpoint, every job
+    with a sample grid its first grid and the real images, every tested classifier its captioned test faces."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     for name in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "NODE_RANK"):
         env.pop(name, None)
@@ -163,7 +163,10 @@ def test_every_experiment_trains_under_smoke(tmp_path):
         if not (job / "checkpoints" / "last.ckpt").is_file():
             missing.append(f"{experiment}: no checkpoints/last.ckpt")
         composed = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        if (composed.get("callbacks") or {}).get("sample_grid") and not (job / "samples" / "epoch_0000.png").is_file():
-            missing.append(f"{experiment}: no samples/epoch_0000.png")
+        callbacks = composed.get("callbacks") or {}
+        expected = ["samples/epoch_0000.png", "samples/real.png"] if callbacks.get("sample_grid") else []
+        if callbacks.get("classifier_report") and composed.get("test"):
+            expected.append("report/classifier_test_examples.png")
+        missing += [f"{experiment}: no {name}" for name in expected if not (job / name).is_file()]
     assert res.returncode == 0 and not missing, (missing, res.stderr[-6000:])
     assert sorted(done) == EXPERIMENTS

@@ -1,4 +1,5 @@
-"""The diffusion U-Net: shapes, conditioning inputs, gradients, determinism, parameter counts, config errors."""
+"""The diffusion U-Net: shapes, conditioning inputs, gradients, determinism, parameter counts, GroupNorm group
+counts, config errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from genface.nets.unet import ResBlock, UNet
+from genface.nets.unet import ResBlock, UNet, group_count
 
 TINY: dict[str, Any] = dict(
     base_channels=16,
@@ -72,6 +73,54 @@ def test_parameter_counts() -> None:
     assert _params(UNet(**TINY)) == 190_947
 
 
+#: GroupNorm groups per width with min_channels_per_group 4 (NVlabs DD-GAN / score_sde: min(C // 4, 32)) and 1
+#: (largest divisor <= 32). A U-Net of base width b with channel_mult (1, 2) normalises widths b, 2b, 3b, 4b.
+_WIDE = dict.fromkeys((128, 192, 256, 384, 512, 768, 1024), 32)
+GROUPS = {
+    4: {16: 4, 32: 8, 48: 12, 64: 16, 96: 24, **_WIDE},
+    1: {16: 16, 32: 32, 48: 24, 64: 32, 96: 32, **_WIDE},
+}
+
+
+def _groups(m: nn.Module) -> dict[int, int]:
+    """{channels: groups} of every GroupNorm of `m` (one entry per width)."""
+    return {n.num_channels: n.num_groups for n in m.modules() if isinstance(n, nn.GroupNorm)}
+
+
+@pytest.mark.parametrize("base", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("min_channels", [4, 1])
+def test_group_counts_per_layer(base: int, min_channels: int) -> None:
+    with torch.device("meta"):  # layer shapes only: no need to allocate the 256-wide net
+        m = UNet(**{**TINY, "base_channels": base, "num_groups": 32}, min_channels_per_group=min_channels)
+    norms = [n for n in m.modules() if isinstance(n, nn.GroupNorm)]
+    assert {n.num_channels for n in norms} == {base, 2 * base, 3 * base, 4 * base}
+    for n in norms:  # every layer, not one per width: the AdaGN, attention and output norms too
+        assert n.num_groups == GROUPS[min_channels][n.num_channels], (n.num_channels, n.num_groups)
+
+
+def test_group_count_falls_back_to_a_divisor() -> None:
+    # min(C // 4, 32) does not divide 200 or 6: the largest divisor below it keeps GroupNorm valid.
+    assert group_count(200, 32, 4) == 25 and group_count(6, 32, 4) == 1 and group_count(3, 32, 4) == 1
+    assert group_count(200, 32, 1) == 25 and group_count(6, 32, 1) == 6
+    assert group_count(64, 8, 4) == 8  # num_groups caps the count
+
+
+def test_a_config_without_the_key_rebuilds_the_largest_divisor_groups() -> None:
+    """GroupNorm weights fit any group count: a net config saved before `min_channels_per_group` existed
+    (e.g. a checkpoint's hyper-parameters) must rebuild the groups its weights were trained with."""
+    assert _groups(UNet(**{**TINY, "num_groups": 32})) == {c: GROUPS[1][c] for c in (16, 32, 48, 64)}
+
+
+def test_group_rule_does_not_change_the_parameter_count() -> None:
+    assert _params(UNet(**TINY, min_channels_per_group=4)) == _params(UNet(**TINY)) == 190_947
+
+
+@pytest.mark.parametrize("experiment", ["ddpm_synthfaces", "ddpm_unet2d_mnist", "ddpm_dlstudio_celeba64"])
+def test_shipped_ddpm_recipes_use_groups_of_four_channels(compose_train, experiment: str) -> None:
+    net = compose_train(f"experiment={experiment}").model.net
+    assert net.min_channels_per_group == 4 and net.get("num_groups", 32) == 32
+
+
 def test_gradients_reach_every_parameter_and_input() -> None:
     m = UNet(**TINY, num_classes=3, z_dim=4)
     _perturb(m)
@@ -115,6 +164,8 @@ def test_config_errors() -> None:
         UNet(**{**TINY, "attention_resolutions": (5,)})
     with pytest.raises(ValueError, match="time_embed"):
         UNet(**TINY, time_embed="learned")
+    with pytest.raises(ValueError, match=r"min_channels_per_group must be >= 1 \(.*4 = NVlabs"):
+        UNet(**TINY, min_channels_per_group=0)
 
 
 def test_forward_errors() -> None:

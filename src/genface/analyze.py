@@ -97,6 +97,7 @@ class Analysis:
                 progress=cfg.progress,
                 classifier=self.classifier,
                 save_features=cfg.sample.features,
+                overwrite=True,  # the pipeline's own samples folder: re-sampling replaces them
             )
             self.__dict__.pop("samples", None)
         s = self.samples
@@ -111,7 +112,7 @@ class Analysis:
     def _samples_usable(self, folder: Path) -> bool:
         try:
             s = load_samples(folder)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # absent, or an unfinished (killed) sampling run
             return False
         return s.attributes is not None and len(s.latents) >= self.cfg.sample.n
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,18 @@ def _run_name(task_name: str) -> str:
     return f"{task_name}-{hydra_node.job.num}"
 
 
+@functools.cache
+def _run_id() -> str:
+    """6 random hex digits, drawn once per process: with `${now:...}` it names a run or sweep folder, so that runs
+    started in the same second (job arrays, shell loops) get folders of their own. Registered with `use_cache`:
+    Hydra copies the value into each multirun job's config (also to SLURM jobs), and DDP ranks 1.. are started with
+    rank 0's resolved `hydra.run.dir`."""
+    return secrets.token_hex(3)
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", _run_id, use_cache=True)
     for name, fn in (
         ("genface_root", _project_root),
         ("wandb_offline", _wandb_offline),

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genface.safe_load import safe_load
+
 GANLoss = Literal["bce", "non_saturating", "hinge", "lsgan"]
 GAN_LOSSES = ("bce", "non_saturating", "hinge", "lsgan")
 
@@ -79,7 +81,7 @@ class VGGPerceptual(nn.Module):
                 layers += [nn.Conv2d(ch, v, 3, padding=1), nn.ReLU(inplace=False)]
                 ch = v
         self.features = nn.Sequential(*layers[: self.taps[-1] + 1])
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)
         wanted = self.features.state_dict().keys()
         missing = [k for k in wanted if f"features.{k}" not in state]
         if missing:

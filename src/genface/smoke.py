@@ -40,6 +40,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from genface.config import CONF_DIR
 from genface.data.paired import source_channels_of
+from genface.safe_load import safe_load
 
 log = logging.getLogger("genface.smoke")
 
@@ -140,7 +141,7 @@ def _min_resolution(model: DictConfig) -> int:
 @functools.lru_cache(maxsize=4)
 def _first_stage_shape(path: str) -> tuple[int, int]:
     """(resolution, channels) of the autoencoder in a VAE-GAN checkpoint."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = safe_load(path, mmap=True)
     net = ckpt.get("hyper_parameters", {}).get("autoencoder") or {}
     if "resolution" not in net or "channels" not in net:
         raise ValueError(f"model.first_stage_ckpt={path} holds no VAE-GAN autoencoder config (resolution, channels)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,8 @@ def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
         from genface.smoke import apply_smoke
 
         apply_smoke(cfg)
+    if cfg.get("check", True) and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # ranks > 0: rank 0 checked
+        _preflight(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     model: pl.LightningModule = instantiate(cfg.model)
@@ -36,12 +39,12 @@ def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
 
     _ddp_ranks_join_this_job(trainer)
     try:
-        # genface checkpoints hold omegaconf containers (Hydra-made hyper-parameters, e.g. data.attributes), which
-        # torch's weights_only unpickler refuses: the runs' own files are trusted, as in genface.models.load_module.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        # Read without running code: the omegaconf types genface checkpoints hold are allow-listed with torch
+        # (genface.safe_load, imported with genface.models), so a shared ckpt_path cannot run code.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if cfg.get("test"):
             best = "best" if trainer.checkpoint_callback else None
-            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
     except BaseException:
         _release_ddp_ranks(trainer, failed=True)
         raise
@@ -50,6 +53,16 @@ def train(cfg: DictConfig) -> tuple[float | None, pl.Trainer]:
     _print_outputs(trainer)
     _release_ddp_ranks(trainer)
     return (float(objective) if objective is not None else None), trainer
+
+
+def _preflight(cfg: DictConfig) -> None:
+    """`genface check` before anything is built: a broken recipe fails in seconds, not at its first FID."""
+    from genface.check import PreflightError, preflight
+
+    plan = preflight(cfg)
+    if plan.problems:
+        raise PreflightError(plan.report() + "\n(check=false skips these checks)")
+    log.info("%s", plan.report())
 
 
 def _ddp_ranks_join_this_job(trainer: pl.Trainer) -> None:

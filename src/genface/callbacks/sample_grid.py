@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from genface.models.base import GenerativeModule
 from genface.viz.grids import grid_image, save_gif, save_png, stack_rows
@@ -28,7 +28,9 @@ class SampleGrid(pl.Callback):
 
     Grids go to `<dirpath>/epoch_XXXX.png` and to the loggers under `samples`. At the end of fit the
     first `strip` samples of every rendered epoch are stacked into `samples_over_epochs.png` (one row
-    per epoch) and the grids into `samples_over_epochs.gif`: progress at a glance.
+    per epoch) and the grids into `samples_over_epochs.gif`: progress at a glance. At the start of fit,
+    `<dirpath>/real.png` shows the first `n` training images (without augmentation) in the same layout,
+    the yardstick for the samples (and goes to the loggers under `real`).
     """
 
     def __init__(
@@ -50,6 +52,24 @@ class SampleGrid(pl.Callback):
             raise TypeError(f"SampleGrid needs a GenerativeModule, got {type(pl_module).__name__}")
         self._latents = pl_module.sample_latents(self.n, generator=torch.Generator().manual_seed(self.seed)).cpu()
         self._labels = pl_module.default_labels(self.n)
+        self._write_real(trainer, pl_module)
+
+    def _nrow(self, pl_module: GenerativeModule) -> int | None:
+        """Images per row: one condition per row for conditional models, else a square."""
+        return pl_module.num_classes if self._labels is not None and pl_module.num_classes else None
+
+    @rank_zero_only
+    def _write_real(self, trainer: pl.Trainer, pl_module: GenerativeModule) -> None:
+        """`real.png`: the first `n` images of the train split, unaugmented, laid out like the sample grids."""
+        datamodule = trainer.datamodule
+        if not callable(getattr(datamodule, "split_dataset", None)):
+            rank_zero_warn("SampleGrid: the data have no split_dataset(split) (not a genface DataModule): no real.png")
+            return
+        dataset = datamodule.split_dataset("train")  # without augmentation
+        images = torch.stack([dataset[i][0] for i in range(min(self.n, len(dataset)))])
+        grid = grid_image(images, nrow=self._nrow(pl_module))
+        save_png(grid, self.grid_dir(trainer) / "real.png")
+        log_image(trainer, "real", grid, step=0)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: GenerativeModule) -> None:
@@ -58,8 +78,7 @@ class SampleGrid(pl.Callback):
         if (epoch + 1) % self.every_n_epochs and not last:
             return
         images = pl_module.generate(self._latents, self._labels)
-        nrow = pl_module.num_classes if self._labels is not None and pl_module.num_classes else None
-        grid = grid_image(images, nrow=nrow)
+        grid = grid_image(images, nrow=self._nrow(pl_module))
         save_png(grid, self.grid_dir(trainer) / f"epoch_{epoch:04d}.png")
         log_image(trainer, "samples", grid, step=trainer.global_step)
         self.history.append((epoch, grid_image(images[: self.strip], nrow=self.strip), grid))

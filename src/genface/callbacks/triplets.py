@@ -117,20 +117,22 @@ class TranslationFID(pl.Callback):
     taken at the first evaluation and kept (validation batches are the same at every epoch). Under DDP
     each rank adds its shard and the statistics are summed across ranks. Translation validation sets are
     small (Facades: 100): FID below 2048 samples needs `allow_low_n` and compares only at equal N; KID is
-    unbiased at any N. Extractor and N go to `fid_protocol.json` in the log dir.
+    unbiased at any N. Extractor and N go to `fid_protocol.json` in the log dir. `extractor_trusted`: as
+    FIDCallback's (run an Inception TorchScript that is not the known copy).
     """
 
     def __init__(
         self,
         extractor: str = "inception",
         extractor_path: str | None = None,
+        extractor_trusted: bool = False,
         every_n_epochs: int = 1,
         kid_subset_size: int = 100,
         allow_low_n: bool = False,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError("metrics.fid.every_n_epochs must be >= 1")
-        self.extractor_name, self.extractor_path = extractor, extractor_path
+        self.extractor_name, self.extractor_path, self.extractor_trusted = extractor, extractor_path, extractor_trusted
         self.every_n_epochs, self.kid_subset_size, self.allow_low_n = every_n_epochs, kid_subset_size, allow_low_n
         self.outputs: FIDKID | None = None
         self.targets: FIDKID | None = None
@@ -141,7 +143,7 @@ class TranslationFID(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         _check_translator(pl_module, "TranslationFID")
         if self.outputs is None:
-            extractor = build_extractor(self.extractor_name, self.extractor_path)
+            extractor = build_extractor(self.extractor_name, self.extractor_path, self.extractor_trusted)
             self.outputs = FIDKID(extractor, kid_subset_size=self.kid_subset_size, allow_low_n=self.allow_low_n)
             self.targets = FIDKID(extractor, kid_subset_size=self.kid_subset_size, allow_low_n=self.allow_low_n)
 

@@ -11,9 +11,10 @@ import copy
 import hashlib
 import inspect
 import logging
+import os
 import re
 from abc import ABC, ABCMeta, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from genface.data import cache
 
@@ -31,10 +32,16 @@ log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
+#: Where metrics may take real images from: one split, or ``all`` of them (pytorch-fid's protocol, which
+#: scores against a whole folder, e.g. the DD-GAN reference FID on its CelebA-HQ subset).
+REAL_SPLITS: tuple[str, ...] = (*SPLITS, "all")
 LabelKind = Literal["none", "class", "attributes"]
 #: ``int``: centred square of that many pixels; ``"center"``: the largest centred square; ``None``: no crop.
 Crop = int | Literal["center"] | None
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: ``data.background``: the colour transparent pixels are composited on. White, as viewers show them and as
+#: cut-out face sets are usually delivered; CelebA-style JPEGs have no alpha, so their pixels do not change.
+DEFAULT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 _STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
@@ -79,19 +86,55 @@ def _crop(img: Image.Image, crop: Crop, path: str | Path) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
-def to_pixels(img: Image.Image, resolution: int, channels: int, resample: Image.Resampling) -> np.ndarray:
-    """Convert to L (1 channel) or RGB (grey repeated) and resize to a square; returns uint8 (H, W, C)."""
-    img = img.convert("L" if channels == 1 else "RGB")
+def check_background(background: Sequence[int]) -> tuple[int, int, int]:
+    """Validate ``data.background``: three 0-255 levels (R, G, B)."""
+    levels = tuple(int(v) for v in background)
+    if len(levels) != 3 or not all(0 <= v <= 255 for v in levels):
+        raise ValueError(f"data.background must be three levels 0-255 (R, G, B), got {list(background)}")
+    return levels  # type: ignore[return-value]
+
+
+def flatten_image(img: Image.Image, background: Sequence[int] = DEFAULT_BACKGROUND) -> Image.Image:
+    """8-bit pixels without alpha: 16-bit grey scaled (65535 -> 255), transparency composited on ``background``.
+
+    PIL's ``convert("L"/"RGB")`` clips 16-bit levels (a 16-bit grey PNG turns almost white) and drops alpha
+    (showing whatever colour transparent pixels happen to store).
+    """
+    if img.mode.startswith("I;16"):
+        levels = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.rint(levels).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        backdrop = Image.new("RGBA", img.size, (*background, 255))
+        img = Image.alpha_composite(backdrop, img.convert("RGBA")).convert("RGB")
+    return img
+
+
+def to_pixels(
+    img: Image.Image,
+    resolution: int,
+    channels: int,
+    resample: Image.Resampling,
+    background: Sequence[int] = DEFAULT_BACKGROUND,
+) -> np.ndarray:
+    """Flatten (:func:`flatten_image`), convert to L (1 channel) or RGB (grey repeated) and resize to a
+    square; returns uint8 (H, W, C)."""
+    img = flatten_image(img, background).convert("L" if channels == 1 else "RGB")
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), resample)
     pixels = np.asarray(img)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def decode_image(path: str | Path, resolution: int, channels: int, crop: Crop = None) -> np.ndarray:
+def decode_image(
+    path: str | Path,
+    resolution: int,
+    channels: int,
+    crop: Crop = None,
+    background: Sequence[int] = DEFAULT_BACKGROUND,
+) -> np.ndarray:
     """Decode an image file, crop, resize (bicubic, antialiased when shrinking) -> uint8 (H, W, C)."""
     with _open_image(path) as img:
-        return to_pixels(_crop(img, crop, path), resolution, channels, Image.Resampling.BICUBIC)
+        return to_pixels(_crop(img, crop, path), resolution, channels, Image.Resampling.BICUBIC, background)
 
 
 # ------------------------------------------------------------------------------------------- datasets
@@ -142,15 +185,17 @@ class FileImageDataset(ImageDataset):
         resolution: int,
         channels: int,
         crop: Crop = None,
+        background: Sequence[int] = DEFAULT_BACKGROUND,
     ) -> None:
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} image paths but {len(targets)} targets")
         super().__init__(targets)
         self.paths = [str(p) for p in paths]
         self.resolution, self.channels, self.crop = resolution, channels, crop
+        self.background = tuple(background)
 
     def read(self, index: int) -> np.ndarray:
-        return decode_image(self.paths[index], self.resolution, self.channels, self.crop)
+        return decode_image(self.paths[index], self.resolution, self.channels, self.crop, self.background)
 
 
 class ArrayImageDataset(ImageDataset):
@@ -212,17 +257,51 @@ def natural_key(text: str) -> list[int | str]:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", text)]
 
 
+def _image_entries(directory: Path, recursive: bool) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """``(path relative to directory, entry)`` of every image file, in no particular order.
+
+    One ``os.scandir`` per folder; hidden files and folders (such as ``.genface_cache``) are skipped and
+    symlinked folders are not entered, as ``Path.rglob`` does.
+    """
+    pending = [(str(directory), "")]
+    while pending:
+        folder, prefix = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        pending.append((entry.path, f"{prefix}{entry.name}/"))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    yield prefix + entry.name, entry
+
+
 def list_images(directory: Path, recursive: bool) -> list[Path]:
     """Image files under ``directory`` (hidden files and folders skipped), naturally sorted."""
-    pattern = directory.rglob("*") if recursive else directory.iterdir()
-    found = [
-        p
-        for p in pattern
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-        and p.is_file()
-    ]
-    return sorted(found, key=lambda p: natural_key(p.relative_to(directory).as_posix()))
+    found = sorted(_image_entries(directory, recursive), key=lambda item: natural_key(item[0]))
+    return [directory / relative for relative, _ in found]
+
+
+def content_key(directory: Path, recursive: bool, *files: Path | None) -> str:
+    """Hash of the image files under ``directory`` and of ``files``: names, sizes and modification times.
+
+    Part of the dataset id of folder datasets, so that prepared arrays and FID statistics of an earlier
+    content are not found. Cheap enough for CelebA's 200k images: one ``os.scandir`` walk and one ``stat``
+    per file, no file is opened. A missing folder or file hashes as missing (ids exist before the data).
+    """
+
+    def row(name: str, stat: os.stat_result) -> str:
+        return f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+    if directory.is_dir():
+        rows = sorted(row(relative, entry.stat()) for relative, entry in _image_entries(directory, recursive))
+    else:
+        rows = ["missing folder"]
+    for path in files:
+        if path is not None:
+            rows.append(row(path.name, path.stat()) if path.exists() else f"{path.name}\0missing")
+    return hashlib.sha1("\n".join(rows).encode()).hexdigest()
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -272,17 +351,61 @@ def path_key(*paths: str | Path | None) -> str:
     return "|".join(str(Path(p).expanduser().resolve()) for p in paths if p is not None)
 
 
-def make_dataset_id(name: str, resolution: int, channels: int, *options: str, key: str | None = None) -> str:
-    """``name-<res>px-<rgb|grey>-<options>-<hash of key>``: readable, and distinct per pixel content."""
+def make_dataset_id(
+    name: str, resolution: int, channels: int, *options: str, key: str | None = None, content: str | None = None
+) -> str:
+    """``name-<res>px-<rgb|grey>-<options>-<hash of key>-c<content>``: readable, distinct per pixel content.
+
+    ``key`` names the source (:func:`path_key`), ``content`` is its :func:`content_key`: kept apart so that
+    arrays prepared from an earlier content of the same folder can be recognised (:func:`earlier_versions`).
+    """
     parts = [name, f"{resolution}px", "rgb" if channels == 3 else "grey", *options]
     if key:
         parts.append(hashlib.sha1(key.encode()).hexdigest()[:8])
+    if content:
+        parts.append(f"c{content[:8]}")
     return "-".join(parts)
+
+
+_CONTENT_TAGGED = re.compile(r"(.+)-c[0-9a-f]{8}")
+
+
+def earlier_versions(cache_path: Path) -> list[Path]:
+    """Prepared-array directories beside ``cache_path`` that differ from it only in the content hash."""
+    match = _CONTENT_TAGGED.fullmatch(cache_path.name)
+    if match is None or not cache_path.parent.is_dir():
+        return []
+    return sorted(
+        Path(entry.path)
+        for entry in os.scandir(cache_path.parent)
+        if entry.name != cache_path.name
+        and (other := _CONTENT_TAGGED.fullmatch(entry.name)) is not None
+        and other[1] == match[1]
+    )
+
+
+def background_tag(background: Sequence[int]) -> list[str]:
+    """Dataset-id option for a non-default ``data.background`` (it changes the pixels of transparent images)."""
+    levels = check_background(background)
+    return [] if levels == DEFAULT_BACKGROUND else ["bg" + "-".join(map(str, levels))]
 
 
 def fraction_tag(fractions: Sequence[float], seed: int) -> str:
     """Id fragment for seeded random splits (they decide which images land in which cached split)."""
     return "split" + "-".join(f"{f:g}" for f in fractions) + f"-seed{seed}"
+
+
+def real_images(datamodule: Any, split: str) -> Dataset:
+    """The un-augmented items of ``split`` of a genface DataModule; ``all`` chains train, val and test
+    (or is the DataModule's own ``all_images()`` where splits may share files)."""
+    if split not in REAL_SPLITS:
+        raise ValueError(f"real_split={split!r} is not allowed; allowed: {', '.join(REAL_SPLITS)}")
+    if split != "all":
+        return datamodule.split_dataset(split)
+    if callable(getattr(datamodule, "all_images", None)):
+        return datamodule.all_images()
+    parts = [datamodule.split_dataset(s) for s in SPLITS]
+    return ConcatDataset([p for p in parts if len(p)])
 
 
 # ---------------------------------------------------------------------------------------- DataModule
@@ -341,7 +464,9 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
 
     Subclasses set ``label_kind``, ``class_names``, ``target_names`` and ``dataset_id`` in ``__init__``
     without reading the dataset (an attribute-file header at most), because configs and models read them
-    before any data is loaded, and implement :meth:`_source_split`.
+    before any data is loaded, and implement :meth:`_source_split`. Folder datasets whose id hashes the
+    folder's content (:func:`content_key`) make ``dataset_id`` a ``functools.cached_property`` instead, so
+    that building the DataModule stays free and the walk happens once, on first use.
 
     Args:
         resolution: side of the square images, in pixels.
@@ -353,6 +478,7 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         use_cache: read a complete prepared cache automatically when there is one.
         hflip: random horizontal flips of training images.
         seed: seed of random splits (and whatever else a dataset randomises).
+        background: R, G, B levels that transparent pixels are composited on (``DEFAULT_BACKGROUND``: white).
     """
 
     resolution: int
@@ -375,6 +501,7 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         use_cache: bool = True,
         hflip: bool = False,
         seed: int = 0,
+        background: Sequence[int] = DEFAULT_BACKGROUND,
     ) -> None:
         super().__init__()
         # Checkpoints keep the arguments that rebuild this DataModule: drop those an intermediate class
@@ -400,8 +527,10 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.cache_dir = cache_dir
         self.use_cache, self.hflip, self.seed = bool(use_cache), bool(hflip), int(seed)
+        self.background = check_background(background)
         self._datasets: dict[Split, ImageDataset] = {}
         self._prepared = False
+        self._content_change_noted = False
 
     @property
     def num_classes(self) -> int:
@@ -434,6 +563,21 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         path = self.cache_path
         return path is not None and cache.is_complete(path, self.resolution, self.channels, self.target_names)
 
+    def _note_content_change(self) -> None:
+        """Log (once) that arrays prepared from an earlier content of this dataset's folder exist: they are
+        not used, because the files changed since (the dataset id hashes the folder's content)."""
+        path = self.cache_path
+        if self._content_change_noted or path is None:
+            return
+        self._content_change_noted = True
+        for old in earlier_versions(path):
+            log.warning(
+                "%s: the dataset's files changed since the prepared arrays %s were written; those are not used "
+                "(delete them to free the disk) and %s is the cache of the current files (`genface prepare` "
+                "writes it)",
+                self.dataset_id, old, path,
+            )
+
     def _ensure_prepared(self) -> None:
         """Run ``prepare_data`` once when used without a Trainer (e.g. ``genface sample``).
 
@@ -461,6 +605,8 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
                 log.info("%s %s: reading prepared arrays %s", self.dataset_id, split, images_path)
                 dataset: ImageDataset = CachedImageDataset(images_path, cache.load_targets(path, split))
             else:
+                if self.use_cache:
+                    self._note_content_change()
                 self._ensure_prepared()
                 dataset = self._source_split(split)
             dataset.targets = self._select_targets(dataset.targets)
@@ -489,6 +635,7 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         if not overwrite and self._cache_is_complete():
             log.info("%s: prepared arrays already complete in %s", self.dataset_id, path)
             return cache.cached_files(path)
+        self._note_content_change()
         self._ensure_prepared()
         sources = {split: self._source_split(split) for split in SPLITS}
         files = cache.write(

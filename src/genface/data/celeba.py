@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genface.data.base import FileImageDataset, ImageDataModule, Split, make_dataset_id, path_key
+from genface.data.base import (
+    FileImageDataset,
+    ImageDataModule,
+    Split,
+    background_tag,
+    content_key,
+    make_dataset_id,
+    path_key,
+)
 
 #: The 40 attribute names of list_attr_celeba.txt, in file order.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -160,11 +169,20 @@ class CelebADataModule(ImageDataModule):
         self.target_names = self._available_attributes()
         self.class_names = select_attributes(self.target_names, attributes)
         self._columns = np.array([self.target_names.index(name) for name in self.class_names], dtype=np.int64)
-        crop_tag = f"crop{self.crop}" if self.crop else "nocrop"
-        self.dataset_id = make_dataset_id(
-            "celeba", self.resolution, self.channels, crop_tag, key=path_key(self.root)
-        )
         self._partitions: dict[Split, tuple[list[Path], np.ndarray]] | None = None
+
+    @cached_property
+    def dataset_id(self) -> str:
+        """Options, path and content (images, attribute and partition files): any change to them changes it."""
+        return make_dataset_id(
+            "celeba",
+            self.resolution,
+            self.channels,
+            f"crop{self.crop}" if self.crop else "nocrop",
+            *background_tag(self.background),
+            key=path_key(self.root),
+            content=content_key(self.root / IMAGE_DIR, False, self.root / ATTR_FILE, self.root / PARTITION_FILE),
+        )
 
     def _available_attributes(self) -> list[str]:
         """The attribute file's header, or CelebA's 40 names while the file does not exist (yet).
@@ -226,4 +244,4 @@ class CelebADataModule(ImageDataModule):
 
     def _source_split(self, split: Split) -> FileImageDataset:
         paths, targets = self._read_partitions()[split]
-        return FileImageDataset(paths, targets, self.resolution, self.channels, self.crop)
+        return FileImageDataset(paths, targets, self.resolution, self.channels, self.crop, self.background)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,13 @@ from genface.data.base import (
     FileImageDataset,
     ImageDataModule,
     Split,
+    background_tag,
     check_fractions,
+    content_key,
     fraction_tag,
     list_images,
     make_dataset_id,
+    natural_key,
     path_key,
     split_indices,
 )
@@ -27,6 +32,8 @@ from genface.data.celeba import (
     select_attributes,
 )
 
+log = logging.getLogger(__name__)
+
 
 class CelebAHQDataModule(ImageDataModule):
     """CelebA-HQ images split deterministically by ``seed``; attributes when ``attr_file`` is given.
@@ -37,6 +44,11 @@ class CelebAHQDataModule(ImageDataModule):
         attr_file: ``CelebAMask-HQ-attribute-anno.txt`` (line 1 count, line 2 names, then
             ``0.jpg  1 -1 ...``); a relative path is taken relative to ``root``. None: no labels.
         split_fractions: train, val, test fractions of the sorted images.
+        subset: use only the first ``subset`` images (natural order), ALL of them for training, as the
+            DD-GAN latent-analysis study trained on a 5,000-image subset. Validation and test then take
+            ``round(subset * fraction)`` images each from the images after the subset; a folder that holds
+            only the subset lends them from the training images (logged: the validation loop then only
+            watches losses, and real statistics over ``all`` count each file once).
         attributes: attribute targets (needs ``attr_file``); None for all of the file's.
         **kwargs: the common arguments of :class:`~genface.data.base.ImageDataModule`.
     """
@@ -49,9 +61,13 @@ class CelebAHQDataModule(ImageDataModule):
         split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
         attributes: list[str] | None = None,
         channels: int = 3,
+        subset: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resolution=resolution, channels=channels, **kwargs)
+        if subset is not None and int(subset) < 1:
+            raise ValueError(f"data.subset must be a positive number of images or null, got {subset}")
+        self.subset = None if subset is None else int(subset)
         self.root = Path(root).expanduser()
         self.attr_path = None if attr_file is None else self.root / Path(attr_file).expanduser()
         self.split_fractions = check_fractions(split_fractions)
@@ -67,14 +83,21 @@ class CelebAHQDataModule(ImageDataModule):
             self.target_names = read_attribute_names(self.attr_path) if is_file else list(CELEBA_ATTRIBUTES)
         self.class_names = select_attributes(self.target_names, attributes) if self.attr_path else []
         self._columns = np.array([self.target_names.index(name) for name in self.class_names], dtype=np.int64)
-        self.dataset_id = make_dataset_id(
+        self._splits: dict[Split, tuple[list[Path], np.ndarray]] | None = None
+
+    @cached_property
+    def dataset_id(self) -> str:
+        """Options, paths and content (images, attribute file): any change to them changes it."""
+        return make_dataset_id(
             "celebahq",
             self.resolution,
             self.channels,
             fraction_tag(self.split_fractions, self.seed),
+            *([f"subset{self.subset}"] if self.subset else []),
+            *background_tag(self.background),
             key=path_key(self.root, self.attr_path),
+            content=content_key(self.root, False, self.attr_path),
         )
-        self._splits: dict[Split, tuple[list[Path], np.ndarray]] | None = None
 
     def _default_cache_root(self) -> Path:
         return self.root / ".genface_cache"
@@ -94,9 +117,38 @@ class CelebAHQDataModule(ImageDataModule):
             if not images:
                 raise FileNotFoundError(f"no images in {self.root}; {self._layout()}")
             targets = self._read_targets(images)
-            indices = split_indices(len(images), self.split_fractions, self.seed)
+            if self.subset is None:
+                indices = split_indices(len(images), self.split_fractions, self.seed)
+            else:
+                indices = self._subset_indices(len(images))
             self._splits = {split: ([images[i] for i in idx], targets[idx]) for split, idx in indices.items()}
         return self._splits
+
+    def _subset_indices(self, available: int) -> dict[Split, np.ndarray]:
+        """Train on the first ``subset`` images; val/test after them, or lent from them when there are none."""
+        n = self.subset
+        assert n is not None
+        if n > available:
+            raise ValueError(f"data.subset={n} but {self.root} holds {available} images; lower data.subset")
+        n_val, n_test = (int(np.floor(f * n + 0.5)) for f in self.split_fractions[1:])
+        if available - n >= n_val + n_test:
+            rest = np.arange(n, n + n_val + n_test)
+        else:
+            log.info(
+                "data.subset=%d: %s holds no %d further images for val/test; they are lent from the training "
+                "images", n, self.root, n_val + n_test,
+            )
+            rest = np.sort(np.random.default_rng(self.seed).permutation(n)[: n_val + n_test])
+        return {"train": np.arange(n), "val": rest[:n_val], "test": rest[n_val:]}
+
+    def all_images(self) -> FileImageDataset:
+        """Every image any split uses, each file once (``real_split=all``; lent val/test images overlap)."""
+        splits = self._read_splits()
+        rows = {path: target for paths, targets in splits.values() for path, target in zip(paths, targets)}
+        paths = sorted(rows, key=lambda p: natural_key(p.name))
+        targets = np.stack([rows[p] for p in paths]) if paths else np.zeros((0, len(self.target_names)), np.uint8)
+        return FileImageDataset(paths, self._select_targets(targets), self.resolution, self.channels, crop="center",
+                                background=self.background)
 
     def _read_targets(self, images: list[Path]) -> np.ndarray:
         """All-attribute targets in image order; every image needs a line in the attribute file."""
@@ -116,4 +168,5 @@ class CelebAHQDataModule(ImageDataModule):
 
     def _source_split(self, split: Split) -> FileImageDataset:
         paths, targets = self._read_splits()[split]
-        return FileImageDataset(paths, targets, self.resolution, self.channels, crop="center")
+        return FileImageDataset(paths, targets, self.resolution, self.channels, crop="center",
+                                background=self.background)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,9 @@ from genface.data.base import (
     FileImageDataset,
     ImageDataModule,
     Split,
+    background_tag,
     check_fractions,
+    content_key,
     fraction_tag,
     list_images,
     make_dataset_id,
@@ -70,15 +73,21 @@ class ImageFolderDataModule(ImageDataModule):
             self.label_kind = "none"
             self.class_names = []
         self.target_names = list(self.class_names)
-        self.dataset_id = make_dataset_id(
+        self._splits: dict[Split, tuple[list[Path], np.ndarray]] | None = None
+
+    @cached_property
+    def dataset_id(self) -> str:
+        """Options, path and content of the folder: adding, removing or replacing an image changes it."""
+        return make_dataset_id(
             f"folder_{self.root.name}",
             self.resolution,
             self.channels,
-            f"crop{crop}",
+            f"crop{self.crop}",
             fraction_tag(self.split_fractions, self.seed),
+            *background_tag(self.background),
             key=path_key(self.root),
+            content=content_key(self.root, True),
         )
-        self._splits: dict[Split, tuple[list[Path], np.ndarray]] | None = None
 
     def _layout(self) -> str:
         exts = "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -120,4 +129,4 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _source_split(self, split: Split) -> FileImageDataset:
         paths, targets = self._read_splits()[split]
-        return FileImageDataset(paths, targets, self.resolution, self.channels, _CROPS[self.crop])
+        return FileImageDataset(paths, targets, self.resolution, self.channels, _CROPS[self.crop], self.background)

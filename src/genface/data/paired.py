@@ -19,6 +19,7 @@ Both expose what configs and models read: ``resolution``, ``channels`` (target),
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -329,7 +330,11 @@ class DerivedPairsDataModule(PairedDataModule):
                 f"{self.source_channels}-channel sources: set data.source_channels={self.source_channels}"
             )
         self.edge_threshold, self.scale, self.seed = edge_threshold, scale, seed
-        self.dataset_id = f"{base.dataset_id}-{task}"
+
+    @cached_property
+    def dataset_id(self) -> str:
+        """The base set's id (computed on first use: a folder's id walks its files) and the task."""
+        return f"{self.base.dataset_id}-{self.task}"
 
     def prepare_data(self) -> None:
         self.base.prepare_data()

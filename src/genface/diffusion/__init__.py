@@ -13,7 +13,14 @@ from genface.diffusion.gaussian import (
     sample_posterior,
     target_for,
 )
-from genface.diffusion.samplers import SamplingPath, ddim_sample, ddim_timesteps, ddpm_sample
+from genface.diffusion.samplers import (
+    SamplingPath,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    latent_generators,
+    path_indices,
+)
 from genface.diffusion.schedules import NoiseSchedule, ScheduleKind, make_betas
 
 __all__ = [
@@ -26,7 +33,9 @@ __all__ = [
     "ddim_timesteps",
     "ddpm_sample",
     "extract",
+    "latent_generators",
     "make_betas",
+    "path_indices",
     "predict_eps",
     "predict_x0",
     "q_posterior",

@@ -1,12 +1,15 @@
 """DDPM ancestral and DDIM samplers over any `model_fn(x_t, t) -> output`.
 
 Guidance (classifier-free, classifier) is the caller's business: wrap `model_fn`. Randomness is explicit:
-either a `torch.Generator` or `noises`, one standard-normal tensor per step that adds noise, which makes
-the sample a deterministic function of (x_T, noises) - the form the Generative contract's latents need.
+a `torch.Generator`, one generator per sample (`latent_generators`: each sample's noise then depends on
+that sample alone, not on the batch it is drawn in), or `noises`, one standard-normal tensor per step that
+adds noise. The last two make a sample a deterministic function of its inputs - what the Generative
+contract needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -18,6 +21,8 @@ from genface.diffusion.gaussian import PredType, check_pred_type, predict_eps, p
 from genface.diffusion.schedules import NoiseSchedule
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+#: One generator for the whole batch, or one per sample (row of x_T).
+Generators = torch.Generator | Sequence[torch.Generator]
 #: (x_t fed to the model, predicted x0) per step, CPU copies so long chains do not fill GPU memory.
 SamplingPath = list[tuple[Tensor, Tensor]]
 
@@ -40,10 +45,26 @@ def ddim_timesteps(T: int, steps: int | Sequence[int]) -> list[int]:
     return chosen
 
 
+def latent_generators(latents: Tensor) -> list[torch.Generator]:
+    """One CPU generator per row of `latents`, seeded by a hash of the row's float32 bytes.
+
+    A stochastic sampler fed these draws its per-step noise as a deterministic function of each sample's
+    latent (x_T): the same latent gives the same image on any device and in any batch, without packing
+    T x C x H x W noise values into the latent. Any change of the latent, however small, draws unrelated
+    noise, so latent directions and edits need a deterministic sampler (DDIM with eta = 0).
+    """
+    rows = latents.detach().reshape(latents.shape[0], -1).to("cpu", torch.float32).contiguous().numpy()
+    return [
+        torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little"))
+        for row in rows
+    ]
+
+
 def _noise_source(
-    noises: Sequence[Tensor] | Tensor | None, count: int, generator: torch.Generator | None, like: Tensor
+    noises: Sequence[Tensor] | Tensor | None, count: int, generator: Generators | None, like: Tensor
 ) -> Callable[[int], Tensor]:
-    """Return k -> the noise of the k-th noisy step, taken from `noises` or drawn from `generator`."""
+    """Return k -> the noise of the k-th noisy step, taken from `noises` or drawn from `generator`
+    (one generator for the batch, or one per sample)."""
     if noises is not None:
         if len(noises) != count:
             raise ValueError(
@@ -58,11 +79,29 @@ def _noise_source(
 
         return given
 
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generators = list(generator)
+        if len(generators) != like.shape[0]:
+            raise ValueError(f"one generator per sample: got {len(generators)} for a batch of {like.shape[0]}")
+
+        def per_sample(k: int) -> Tensor:
+            draws = [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generators]
+            return torch.stack(draws).to(like.device)
+
+        return per_sample
+
     def drawn(k: int) -> Tensor:
         device = generator.device if generator is not None else like.device
         return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
     return drawn
+
+
+def path_indices(count: int, every: int) -> list[int]:
+    """Which of `count` sampling steps a sampling path keeps: every `every`-th one and the last."""
+    if every < 1:
+        raise ValueError(f"a path keeps every k-th step: k (path_every) must be >= 1, got {every}")
+    return [k for k in range(count) if k % every == 0 or k == count - 1]
 
 
 def _predict_x0(
@@ -85,24 +124,26 @@ def ddpm_sample(
     schedule: NoiseSchedule,
     x_T: Tensor,
     pred_type: PredType = "eps",
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     clip_x0: bool = True,
     noises: Sequence[Tensor] | Tensor | None = None,
     return_path: bool = False,
     progress: bool = False,
+    path_every: int = 1,
 ) -> Tensor | tuple[Tensor, SamplingPath]:
     """Ancestral sampling through all T steps: x_{t-1} ~ q(x_{t-1} | x_t, x0_pred) with variance β̃_t.
 
     `noises`: T-1 tensors shaped like x_T, used at t = T-1, ..., 1 in that order (t = 0 adds none).
-    Returns x_0, or (x_0, path) when `return_path`.
+    Returns x_0, or (x_0, path) when `return_path`; the path keeps every `path_every`-th step and the last.
     """
     check_pred_type(pred_type)
     T = schedule.num_timesteps
     noise = _noise_source(noises, T - 1, generator, x_T)
+    kept = set(path_indices(T, path_every)) if return_path else set()
     x, path = x_T, []
     for k, step in enumerate(track(range(T - 1, -1, -1), "DDPM sampling", total=T, disable=not progress)):
         t, x0 = _predict_x0(model_fn, schedule, x, step, pred_type, clip_x0)
-        if return_path:
+        if k in kept:
             path.append((x.cpu(), x0.cpu()))
         mean, _, log_var = q_posterior(schedule, x0, x, t)
         x = mean + torch.exp(0.5 * log_var) * noise(k) if step > 0 else mean
@@ -117,28 +158,31 @@ def ddim_sample(
     steps: int | Sequence[int],
     eta: float = 0.0,
     pred_type: PredType = "eps",
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     noises: Sequence[Tensor] | Tensor | None = None,
     clip_x0: bool = True,
     return_path: bool = False,
     progress: bool = False,
+    path_every: int = 1,
 ) -> Tensor | tuple[Tensor, SamplingPath]:
     """DDIM (Song et al. 2021) over the timesteps of `ddim_timesteps(T, steps)`.
 
     eta = 0 is deterministic and draws no random numbers; eta = 1 with every step is DDPM's ancestral
     sampler. As in guided-diffusion, eps is re-derived from the (clipped) x0, which keeps that identity
     exact with clipping. `noises`: len(timesteps)-1 tensors, one per step except the last (which adds none).
+    The path (`return_path`) keeps every `path_every`-th step and the last.
     """
     check_pred_type(pred_type)
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
     timesteps = ddim_timesteps(schedule.num_timesteps, steps)
     noise = _noise_source(noises, len(timesteps) - 1, generator, x_T)
+    kept = set(path_indices(len(timesteps), path_every)) if return_path else set()
     x, path = x_T, []
     pairs = list(zip(timesteps, timesteps[1:] + [-1]))
     for k, (step, prev) in enumerate(track(pairs, "DDIM sampling", disable=not progress)):
         t, x0 = _predict_x0(model_fn, schedule, x, step, pred_type, clip_x0)
-        if return_path:
+        if k in kept:
             path.append((x.cpu(), x0.cpu()))
         if prev < 0:
             x = x0

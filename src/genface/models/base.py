@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -103,6 +104,12 @@ class GenerativeModule(AdversarialTraining, pl.LightningModule):
         target); families whose net says it otherwise override this."""
         net = getattr(self, self.ema_target_name)
         return (net.channels, net.resolution, net.resolution)
+
+    @property
+    def sampling_protocol(self) -> dict[str, Any]:
+        """How `generate` turns latents into images, for the records of FID and samples (e.g. diffusion:
+        {"sampler": "ancestral", "steps": 1000}); empty for one-pass generators such as GANs."""
+        return {}
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One flat latent per image, (n, latent_dim), on the model's device. Default: standard normal."""

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import Metric
 
 from genface.diffusion import NoiseSchedule, q_sample_pair, sample_posterior
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss, r1_penalty
@@ -15,6 +16,28 @@ from genface.models.base import GenerativeModule
 
 #: (t, x_t fed to G, G's x0 prediction) per step, CPU copies: what the denoising-path plots need.
 DenoisingSteps = list[tuple[int, Tensor, Tensor]]
+
+
+class WeightedMean(Metric):
+    """sum(weight * value) / sum(weight) over every update: NaN on a batch whose weights are all 0.
+
+    torchmetrics' MeanMetric checks its inputs for NaN on the host at every update, and ignores the weights
+    when that check is disabled (torchmetrics issue #3434); this one never leaves the device.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: Tensor) -> None:
+        self.total += (value * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
 
 
 class LatentLayout(NamedTuple):
@@ -36,6 +59,11 @@ class DDGAN(GenerativeModule):
     (x'_{t-1} ~ q(x_{t-1} | x_t, x0 = G(x_t, t, z)), x_t), with R1 on the real x_{t-1} every `lazy_reg`
     batches. The R1 weight is r1_gamma / 2 *without* the lazy_reg factor of StyleGAN2: that is what the
     paper's code does, so its r1_gamma values (e.g. 2 with lazy_reg 10 on CelebA-HQ) carry over unchanged.
+
+    Besides the usual adversarial curves, `train/d_real_t{t}` and `train/d_fake_t{t}` are D's mean belief per
+    timestep t (NaN on a step whose batch has no sample at t): at t = 0 D sees clean pairs and should separate
+    them; at t = T-1 the pairs are mostly noise and D sits near chance, so the averages over t alone read as a
+    collapse that is not there.
 
     Nets and optimisers are Hydra configs (plain dicts) so that `load_from_checkpoint` can rebuild them.
     With `use_cosine` both learning rates follow a cosine from their initial value to `lr_min` over
@@ -79,6 +107,15 @@ class DDGAN(GenerativeModule):
             )
         if ema_decay:
             self.enable_ema(ema_decay)
+        # Weighted means (weight: is the sample at t?) give NaN on a step where t is absent and the exact
+        # per-t mean over the epoch. Rank-local, like the other train/ curves.
+        self.d_per_timestep = nn.ModuleDict(
+            {
+                f"{kind}_t{t}": WeightedMean(sync_on_compute=False)
+                for kind in ("d_real", "d_fake")
+                for t in range(num_timesteps)
+            }
+        )
 
     # ----- Generative contract --------------------------------------------------------------------
     @property
@@ -173,12 +210,12 @@ class DDGAN(GenerativeModule):
         apply_r1 = self.hparams.r1_gamma > 0 and (self.global_step // 2) % self.hparams.lazy_reg == 0
 
         self.toggle_optimizer(opt_d)
-        t, x_prev, x_t = self._real_pair(real)
+        t_d, x_prev, x_t = self._real_pair(real)
         x_prev.requires_grad_(apply_r1)
-        real_logits = self.discriminator(x_prev, x_t, t)
+        real_logits = self.discriminator(x_prev, x_t, t_d)
         with torch.no_grad():
-            fake = self._fake_prev(x_t, t)
-        fake_logits = self.discriminator(fake, x_t, t)
+            fake = self._fake_prev(x_t, t_d)
+        fake_logits = self.discriminator(fake, x_t, t_d)
         loss_d = discriminator_loss(kind, real_logits, fake_logits)
         total_d = loss_d
         if apply_r1:
@@ -195,7 +232,19 @@ class DDGAN(GenerativeModule):
         self.untoggle_optimizer(opt_g)
         self.update_ema()
 
-        self.log_adversarial(loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), n)
+        d_real, d_fake = torch.sigmoid(real_logits.detach()), torch.sigmoid(fake_logits.detach())
+        self.log_adversarial(loss_d, loss_g, d_real, d_fake, n)
+        self._log_per_timestep(t_d, d_real, d_fake)
+
+    def _log_per_timestep(self, t: Tensor, d_real: Tensor, d_fake: Tensor) -> None:
+        """Log D's mean belief on real and fake pairs at each timestep (see the class docstring)."""
+        steps = torch.arange(self.num_timesteps, device=t.device)
+        at_t = (steps[:, None] == t[None, :]).to(d_real.dtype)  # (T, B): 1 where the sample is at that step
+        for kind, beliefs in (("d_real", d_real), ("d_fake", d_fake)):
+            for step in range(self.num_timesteps):
+                metric = self.d_per_timestep[f"{kind}_t{step}"]
+                metric(beliefs, at_t[step])
+                self.log(f"train/{kind}_t{step}", metric, on_step=True, on_epoch=True, prog_bar=True)
 
     def on_train_epoch_end(self) -> None:
         # Manual optimisation: Lightning leaves scheduler stepping to the module.

@@ -1,9 +1,16 @@
-"""DDPM: pixel-space Gaussian diffusion with a U-Net, sampled by DDIM (the contract) or ancestrally.
+"""DDPM: pixel-space Gaussian diffusion with a U-Net, sampled by DDIM or ancestrally.
 
-The Generative contract needs `generate(latents)` to be a deterministic function of a flat latent, so
-`generate` runs DDIM with η = 0 from x_T = latents reshaped to an image (Song et al. 2021): the latent is
-the whole randomness of a sample, which is what FID, latent directions and edits rely on. The stochastic
-samplers (DDPM ancestral over all T steps, or DDIM with η > 0) are `generate_stochastic`.
+`generate(latents)`, which FID, sample grids, `genface sample` and `genface evaluate` call, runs the
+configured `sampler` from x_T = the latent reshaped to an image:
+
+- "ddim" (Song et al. 2021): `sample_steps` steps. With η = 0 (the default) the latent is the whole
+  randomness of a sample, which latent directions and edits rely on.
+- "ancestral": DDPM's sampler over all T steps of the posterior (Ho et al. 2020).
+
+The Generative contract wants `generate` deterministic in its inputs, so the per-step noise of the
+stochastic samplers (ancestral, DDIM with η > 0) comes from a generator seeded by a hash of each latent
+(`genface.diffusion.latent_generators`) rather than from T x C x H x W more latent values.
+`sampling_protocol` says which sampler made the samples.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from genface.diffusion import (
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    latent_generators,
+    path_indices,
     q_sample,
     target_for,
 )
 from genface.models.base import GenerativeModule
 
 LOSSES = ("l2", "l1")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ancestral", "ddim")
 #: One step of a sampling path: (timestep t, x_t fed to the network, its predicted x0), CPU tensors.
 PathStep = tuple[int, Tensor, Tensor]
 
@@ -42,8 +51,8 @@ class DDPM(GenerativeModule):
     source of truth for conditioning: it is passed to the UNet, whose class index `num_classes` is the
     null label that `p_uncond` of the training labels are replaced with (Ho & Salimans 2022).
 
-    Sampling settings (`sample_steps`, `eta`, `sampler`, `guidance_scale`) are plain attributes, so they
-    can be changed on a loaded model without retraining.
+    Sampling settings (`sampler`, `sample_steps`, `eta`, `guidance_scale`) are plain attributes, so they
+    can be changed on a loaded model without retraining; checkpoints keep their current values.
     """
 
     ema_target_name = "net"
@@ -72,8 +81,6 @@ class DDPM(GenerativeModule):
             raise ValueError(f"model.pred_type={pred_type!r} is not allowed; allowed: {', '.join(PRED_TYPES)}")
         if loss not in LOSSES:
             raise ValueError(f"model.loss={loss!r} is not allowed; allowed: {', '.join(LOSSES)}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"model.sampler={sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
         if num_classes < 0 or not 0.0 <= p_uncond < 1.0:
@@ -92,6 +99,9 @@ class DDPM(GenerativeModule):
             self.enable_ema(ema_decay)
 
     def _check_sampling(self) -> None:
+        """Checked at construction and before every sampling, since the settings can change afterwards."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"model.sampler={self.sampler!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
         T = self.schedule.num_timesteps
         if not 1 <= self.sample_steps <= T:
             raise ValueError(f"model.sample_steps must lie in [1, T={T}], got {self.sample_steps}")
@@ -126,20 +136,43 @@ class DDPM(GenerativeModule):
         """Diffusion space -> images in [-1, 1]: the identity for pixel diffusion (latent diffusion decodes)."""
         return x
 
-    def _ddim(self, x_T: Tensor, labels: Tensor | None, eta: float, **kw: Any) -> Any:
-        """DDIM from x_T (diffusion space) with `sample_steps`, the configured prediction type and guidance."""
-        return ddim_sample(
-            self._model_fn(self._class_index(labels)), self.schedule, x_T, steps=self.sample_steps, eta=eta,
-            pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0, **kw,
+    @property
+    def sampling_timesteps(self) -> list[int]:
+        """The timesteps the configured sampler visits, descending: all T (ancestral) or DDIM's `sample_steps`."""
+        T = self.schedule.num_timesteps
+        return list(range(T - 1, -1, -1)) if self.sampler == "ancestral" else ddim_timesteps(T, self.sample_steps)
+
+    @property
+    def sampling_protocol(self) -> dict[str, Any]:
+        protocol: dict[str, Any] = {"sampler": self.sampler, "steps": len(self.sampling_timesteps)}
+        if self.sampler == "ddim":
+            protocol["eta"] = self.eta
+        if self.num_classes:
+            protocol["guidance_scale"] = self.guidance_scale
+        return protocol
+
+    def _sample(self, latents: Tensor, labels: Tensor | None, **kw: Any) -> Any:
+        """The configured sampler from x_T = `latents` reshaped to the diffusion space, with the configured
+        prediction type and guidance; stochastic samplers draw their noise from `latent_generators`."""
+        self._check_sampling()
+        x_T = latents.reshape(-1, *self.diffusion_shape)
+        model_fn = self._model_fn(self._class_index(labels))
+        stochastic = self.sampler == "ancestral" or self.eta > 0
+        common = dict(
+            pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0,
+            generator=latent_generators(latents) if stochastic else None, **kw,
         )  # fmt: skip
+        if self.sampler == "ancestral":
+            return ddpm_sample(model_fn, self.schedule, x_T, **common)
+        return ddim_sample(model_fn, self.schedule, x_T, steps=self.sample_steps, eta=self.eta, **common)
 
     def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
-        return self._decode(self._ddim(latents.reshape(-1, *self.diffusion_shape), labels, eta=0.0))
+        return self._decode(self._sample(latents, labels))
 
-    # ----- sampling beyond the contract -----------------------------------------------------------
+    # ----- denoising paths ------------------------------------------------------------------------
     @contextlib.contextmanager
     def _sampling_scope(self) -> Iterator[None]:
-        """Eval mode, no gradients, EMA weights: what `generate` does, for the other samplers."""
+        """Eval mode, no gradients, EMA weights: what `generate` does, for `generate_with_path`."""
         was_training = self.net.training
         self.net.eval()
         try:
@@ -156,46 +189,20 @@ class DDPM(GenerativeModule):
     def generate_with_path(
         self, latents: Tensor, labels: Tensor | None = None, every: int = 1
     ) -> tuple[Tensor, list[PathStep]]:
-        """`generate(latents, labels)` plus the sampling path: every `every`-th DDIM step (and the last)
-        as (t, x_t, predicted x0), decoded to images, CPU tensors, for denoising-path pictures
-        (`genface.viz.diffusion`)."""
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        """`generate(latents, labels)` plus the sampling path: every `every`-th step of the configured
+        sampler (and the last) as (t, x_t, predicted x0), decoded to images, CPU tensors, for
+        denoising-path pictures (`genface.viz.diffusion`)."""
         labels = self._check_labels_given(labels)
-        x_T = latents.to(self.device).reshape(-1, *self.diffusion_shape)
-        steps = ddim_timesteps(self.schedule.num_timesteps, self.sample_steps)
-        last = len(steps) - 1
+        steps = self.sampling_timesteps
+        kept = path_indices(len(steps), every)
         with self._sampling_scope():
-            final, raw = self._ddim(x_T, labels, eta=0.0, return_path=True)
+            final, raw = self._sample(latents.to(self.device), labels, return_path=True, path_every=every)
             path = [
-                (t, self._decode(x_t.to(self.device)).cpu(), self._decode(x0.to(self.device)).cpu())
-                for k, (t, (x_t, x0)) in enumerate(zip(steps, raw))
-                if k % every == 0 or k == last
+                (steps[k], self._decode(x_t.to(self.device)).cpu(), self._decode(x0.to(self.device)).cpu())
+                for k, (x_t, x0) in zip(kept, raw)
             ]
             images = self._decode(final)
         return images.clamp(-1, 1), path
-
-    def generate_stochastic(
-        self,
-        n: int,
-        labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """n fresh samples with the configured stochastic sampler: `sampler="ddpm"` is DDPM's ancestral
-        sampler over all T steps, `"ddim"` is DDIM with `sample_steps` and `eta`. Not the contract: the
-        result depends on the per-step noise drawn from `generator`, not only on x_T."""
-        labels = self._check_labels_given(labels)
-        x_T = self.sample_latents(n, generator=generator).reshape(n, *self.diffusion_shape)
-        with self._sampling_scope():
-            if self.sampler == "ddpm":
-                out = ddpm_sample(
-                    self._model_fn(self._class_index(labels)), self.schedule, x_T, pred_type=self.hparams.pred_type,
-                    generator=generator, clip_x0=self.hparams.clip_x0, progress=progress,
-                )  # fmt: skip
-            else:
-                out = self._ddim(x_T, labels, eta=self.eta, generator=generator, progress=progress)
-            return self._decode(out).clamp(-1, 1)
 
     def _model_fn(self, y: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
         """The network as `model_fn(x_t, t)`; with guidance, out_uncond + s·(out_cond - out_uncond).
@@ -257,6 +264,14 @@ class DDPM(GenerativeModule):
                 f"{kind!r}, num_classes={dm.num_classes}); use a class-labelled dataset with that many classes, "
                 "one binary attribute (data.attributes=[NAME]) with model.num_classes=2, or model.num_classes=0"
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The sampling settings as they are now (they may have changed since construction), so that a
+        # loaded model samples as this one does.
+        checkpoint["hyper_parameters"].update(
+            sampler=self.sampler, sample_steps=self.sample_steps, eta=self.eta, guidance_scale=self.guidance_scale
+        )
 
     def configure_optimizers(self):
         opt = instantiate(self.hparams.optimizer)(params=self.net.parameters())

@@ -1,10 +1,11 @@
 """Latent diffusion (Rombach et al. 2022; the VAE-GAN latent-diffusion study): Gaussian diffusion in the latent space of a frozen
 VAE-GAN first stage, class-conditional with classifier-free guidance.
 
-The diffusion itself is DDPM's (schedule, loss, CFG, EMA, DDIM contract): this module only moves data in
+The diffusion itself is DDPM's (schedule, loss, CFG, EMA, samplers): this module only moves data in
 and out of latent space. Training encodes each batch with the frozen first stage and multiplies by the
 latent scale 1/std (measured on the first batch and kept as a buffer, so checkpoints restore it);
-sampling runs DDIM (η = 0) from x_T = the contract's latent, reshaped to the latent shape, and decodes.
+sampling runs the configured sampler (DDIM or ancestral) from x_T = the contract's latent, reshaped to
+the latent shape, and decodes.
 """
 
 from __future__ import annotations

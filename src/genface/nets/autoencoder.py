@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from genface.nets.unet import AttentionBlock
+from genface.nets.unet import AttentionBlock, group_count
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(next(g for g in range(min(32, channels), 0, -1) if channels % g == 0), channels)
+    # the largest divisor <= 32 (rule 1): the layout every trained autoencoder checkpoint has
+    return nn.GroupNorm(group_count(channels, 32, 1), channels)
 
 
 class ResBlock(nn.Module):

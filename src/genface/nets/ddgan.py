@@ -36,7 +36,9 @@ DISCRIMINATOR_LAYOUTS: dict[str, tuple[tuple[int, int, bool], ...]] = {
 
 class DDGANGenerator(UNet):
     """G(x_t, t, z): the diffusion U-Net with a z_dim = `nz` latent, predicting x0 in [-1, 1] (tanh, as
-    NCSN++ in DD-GAN does: the posterior sample is then a mix of images in range and the noisy input)."""
+    NCSN++ in DD-GAN does: the posterior sample is then a mix of images in range and the noisy input).
+
+    GroupNorm groups and the default `min_channels_per_group` = 1 as in `UNet` (NCSN++'s rule is 4)."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class DDGANGenerator(UNet):
         attention_resolutions: Sequence[int] = (16,),
         dropout: float = 0.0,
         num_groups: int = 32,
+        min_channels_per_group: int = 1,
         time_embed: str = "sinusoidal",
         resblock_updown: bool = True,
     ) -> None:
@@ -64,6 +67,7 @@ class DDGANGenerator(UNet):
             resolution=resolution,
             dropout=dropout,
             num_groups=num_groups,
+            min_channels_per_group=min_channels_per_group,
             time_embed=time_embed,
             z_dim=nz,
             resblock_updown=resblock_updown,

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from genface.safe_load import safe_load
+
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +59,9 @@ class ResNetNet(ResNet):
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict, or the network part of a Lightning checkpoint (keys under ``net.``)."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    """A plain state dict, or the network part of a Lightning checkpoint (keys under ``net.``); read without
+    running code (`safe_load`), as weights files are often downloaded."""
+    obj = safe_load(path)
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items() if k.startswith("net.")}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

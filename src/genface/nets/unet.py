@@ -4,7 +4,7 @@ ResNet blocks (GroupNorm, SiLU, time embedding as scale-shift of the second norm
 configured resolutions, skip connections from every encoder block. Residual branches and the output conv
 start at zero (ADM), so an untrained net outputs zeros and early training is stable. Optional class embedding (index
 `num_classes` is the "null" class for classifier-free guidance) and, for DD-GAN's generator, a latent z
-injected through adaptive GroupNorm in every ResBlock.
+injected through adaptive GroupNorm in every ResBlock. GroupNorm group counts follow `group_count`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,17 @@ from torch import Tensor, nn
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
 
 
-def _groups(num_groups: int, channels: int) -> int:
-    """Largest group count <= num_groups that divides `channels` (so any width works with GroupNorm)."""
-    return next(g for g in range(min(num_groups, channels), 0, -1) if channels % g == 0)
+def group_count(channels: int, num_groups: int, min_channels_per_group: int) -> int:
+    """GroupNorm's group count at width `channels`: the largest divisor of `channels` that is <= num_groups and
+    leaves >= `min_channels_per_group` channels in each group (at least 1 group), so that any width works.
+
+    min_channels_per_group=4 is NVlabs DD-GAN's and score_sde's `min(channels // 4, 32)` wherever that divides
+    the width (every multiple of 4 up to 128, of 32 beyond). With 1 the rule is "largest divisor <= 32", which
+    at widths <= 32 puts one channel in each group: an InstanceNorm, which discards every feature map's
+    per-image mean and scale.
+    """
+    limit = max(1, min(num_groups, channels // min_channels_per_group))
+    return next(g for g in range(limit, 0, -1) if channels % g == 0)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -63,9 +71,9 @@ class Norm(nn.Module):
     """GroupNorm, made adaptive to a style vector when style_dim > 0 (DD-GAN's AdaptiveGroupNorm): scale and
     shift are linear in the style, with zero bias so that a zero style leaves plain GroupNorm."""
 
-    def __init__(self, channels: int, num_groups: int, style_dim: int) -> None:
+    def __init__(self, channels: int, num_groups: int, min_channels_per_group: int, style_dim: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(_groups(num_groups, channels), channels)
+        self.norm = nn.GroupNorm(group_count(channels, num_groups, min_channels_per_group), channels)
         self.style = nn.Linear(style_dim, 2 * channels) if style_dim > 0 else None
         if self.style is not None:
             nn.init.zeros_(self.style.bias)
@@ -89,14 +97,15 @@ class ResBlock(nn.Module):
         emb_dim: int,
         dropout: float,
         num_groups: int,
+        min_channels_per_group: int,
         style_dim: int,
         resample: str | None = None,
     ) -> None:
         super().__init__()
-        self.norm1 = Norm(in_ch, num_groups, style_dim)
+        self.norm1 = Norm(in_ch, num_groups, min_channels_per_group, style_dim)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = Norm(out_ch, num_groups, style_dim)
+        self.norm2 = Norm(out_ch, num_groups, min_channels_per_group, style_dim)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -119,12 +128,13 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Spatial multi-head self-attention with a residual connection; heads of 64 channels (ADM)."""
+    """Spatial multi-head self-attention with a residual connection; heads of 64 channels (ADM). GroupNorm
+    groups as `group_count`."""
 
-    def __init__(self, channels: int, num_groups: int) -> None:
+    def __init__(self, channels: int, num_groups: int, min_channels_per_group: int = 1) -> None:
         super().__init__()
         self.heads = max(1, channels // 64)
-        self.norm = nn.GroupNorm(_groups(num_groups, channels), channels)
+        self.norm = nn.GroupNorm(group_count(channels, num_groups, min_channels_per_group), channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -158,6 +168,12 @@ class UNet(nn.Module):
 
     t: (B,) timesteps, integer or float. y: (B,) class indices in [0, num_classes]; num_classes is the
     null class, also used when y is None. z: (B, z_dim) latent of DD-GAN's generator.
+
+    GroupNorm: at most `num_groups` groups, at least `min_channels_per_group` channels per group (see
+    `group_count`). The shipped configs set 4, the NVlabs DD-GAN / score_sde rule. The code default is 1
+    because GroupNorm's parameters have the same shape whatever its group count: a net config that lacks the
+    key, such as the hyper-parameters of a checkpoint saved before the key existed, must rebuild the
+    normalisation its weights were trained with, not load silently into another one.
     """
 
     def __init__(
@@ -172,6 +188,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 0,
         num_groups: int = 32,
+        min_channels_per_group: int = 1,
         time_embed: str = "sinusoidal",
         z_dim: int = 0,
         resblock_updown: bool = False,
@@ -198,6 +215,12 @@ class UNet(nn.Module):
             )
         if time_embed not in TIME_EMBEDDINGS:
             raise ValueError(f"time_embed must be one of {list(TIME_EMBEDDINGS)}, got {time_embed!r}")
+        if num_groups < 1 or min_channels_per_group < 1:
+            raise ValueError(
+                "num_groups and min_channels_per_group must be >= 1 (min_channels_per_group: 4 = NVlabs DD-GAN / "
+                "score_sde groups, 1 = the largest divisor of the width <= num_groups); got "
+                f"num_groups={num_groups}, min_channels_per_group={min_channels_per_group}"
+            )
         if num_classes < 0 or z_dim < 0:
             raise ValueError(f"num_classes and z_dim must be >= 0, got {num_classes} and {z_dim}")
 
@@ -220,7 +243,12 @@ class UNet(nn.Module):
         style_dim = emb_dim if z_dim > 0 else 0
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, num_groups, style_dim, resample)
+            return ResBlock(
+                cin, cout, emb_dim, dropout, num_groups, min_channels_per_group, style_dim, resample
+            )
+
+        def attention(channels: int) -> AttentionBlock:
+            return AttentionBlock(channels, num_groups, min_channels_per_group)
 
         ch = base_channels * channel_mult[0]
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -231,7 +259,7 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [res(ch, base_channels * mult)]
                 ch = base_channels * mult
                 if res_now in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_groups))
+                    layers.append(attention(ch))
                 self.down.append(Stage(layers))
                 skips.append(ch)
             if level < len(channel_mult) - 1:
@@ -247,7 +275,7 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res_now //= 2
 
-        self.middle = Stage([res(ch, ch), AttentionBlock(ch, num_groups), res(ch, ch)])
+        self.middle = Stage([res(ch, ch), attention(ch), res(ch, ch)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -255,14 +283,14 @@ class UNet(nn.Module):
                 layers = [res(ch + skips.pop(), base_channels * mult)]
                 ch = base_channels * mult
                 if res_now in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_groups))
+                    layers.append(attention(ch))
                 if level > 0 and i == num_res_blocks:
                     layers.append(res(ch, ch, "up") if resblock_updown else Upsample(ch))
                     res_now *= 2
                 self.up.append(Stage(layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(_groups(num_groups, ch), ch),
+            nn.GroupNorm(group_count(ch, num_groups, min_channels_per_group), ch),
             nn.SiLU(),
             _zero(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )

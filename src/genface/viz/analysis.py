@@ -15,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from genface.viz.grids import grid_image, stack_rows
+from genface.viz.grids import grid_image, stack_rows, to_uint8
 from genface.viz.plots import _save, plt
 
 _PAD = 2  # grid_image's padding
+#: Height of one caption line of `captioned_grid` (PIL's default font), in pixels.
+LINE_HEIGHT = 12
+#: A caption line: its text and RGB colour.
+Caption = tuple[str, tuple[int, int, int]]
 
 
 def metric_bars(
@@ -118,3 +122,40 @@ def image_table(
     header = column_header(col_labels, cell, rows[0].shape[1])
     labels = ["", *row_labels] if row_labels is not None else None
     return stack_rows([header, *rows], labels=labels, gap=2)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """`text`, cut and ended with "..." where it is wider than `width` pixels."""
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def captioned_grid(
+    images: torch.Tensor,
+    captions: Sequence[Sequence[Caption]],
+    columns: int = 4,
+    min_size: int = 64,
+    min_width: int = 140,
+) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] in rows of `columns`, each over its coloured caption lines.
+
+    Cells are max(side, `min_width`) pixels wide (small images are enlarged to `min_size` first) and as
+    tall as the image plus the longest caption; lines too wide for a cell are cut with "...".
+    """
+    if len(captions) != len(images) or columns < 1:
+        raise ValueError(f"captioned_grid: {len(images)} images, {len(captions)} captions, columns={columns}")
+    faces = to_uint8(enlarge(images, min_size))
+    side = faces.shape[1]
+    width, height = max(side, min_width), side + LINE_HEIGHT * max((len(c) for c in captions), default=0)
+    rows = -(-len(images) // columns)
+    canvas = Image.new("RGB", (_PAD + columns * (width + _PAD), _PAD + rows * (height + _PAD)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (face, lines) in enumerate(zip(faces, captions)):
+        x, y = _PAD + (i % columns) * (width + _PAD), _PAD + (i // columns) * (height + _PAD)
+        canvas.paste(Image.fromarray(face), (x + (width - side) // 2, y))
+        for k, (text, colour) in enumerate(lines):
+            draw.text((x + 1, y + side + k * LINE_HEIGHT), _fit(draw, text, width - 2), fill=colour)
+    return np.asarray(canvas)

@@ -1,0 +1,275 @@
+"""`genface rehearse experiment=NAME`: a shipped recipe, unchanged, on a stand-in of its real dataset.
+
+Everything a user's run does happens: the full-size model, the real DataModule reading the real on-disk
+layout (rendered by `genface standin`, sized to what the recipe's splits and metrics need), metrics at
+their configured N, every callback, checkpoints, and DDP as CPU processes (`trainer=ddp_cpu`) where the
+recipe asks for GPUs. Only the length is cut: `steps` batches per epoch, two epochs, every periodic output
+(FID, grids, checkpoints) forced to happen once, then a resume from `last.ckpt` for one more batch. Wall
+time, peak memory and what the run wrote go to a JSON table (`table=`), from which
+:func:`write_markdown` makes the docs table.
+
+    genface rehearse experiment=ddgan_celebahq128 [steps=2] [out=DIR] [standin=DIR] [table=FILE] [overrides]
+    genface rehearse all table=docs/rehearsals.json     # every real-data recipe; also writes the .md table
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from genface.data.standin import FACADES_SPLITS, write_standin
+
+#: DataModule class -> stand-in layout; recipes on embedded data (synthfaces, digits) need none.
+LAYOUT_OF = {
+    "CelebADataModule": "celeba",
+    "CelebAHQDataModule": "celebahq",
+    "MNISTDataModule": "mnist",
+    "PairedFolderDataModule": "facades",
+    "ImageFolderDataModule": "imagefolder",
+}
+#: Share of the validation partition in CelebA's list_eval_partition.txt (19,867 of 202,599).
+CELEBA_VAL = 19867 / 202599
+OWN_KEYS = ("steps", "out", "standin", "table", "n")
+#: Every shipped recipe that reads a real dataset, with its stand-in layout, in an order where a stage
+#: comes before the recipe that needs it, cheapest first (`genface rehearse all`).
+REAL_DATA = {
+    "cgan_mnist": "mnist",
+    "cgan_multiclass_mnist": "mnist",
+    "mnist_classifier": "mnist",
+    "ddpm_unet2d_mnist": "mnist",
+    "pix2pix_facades": "facades",
+    "dcgan_dg1_celeba64": "celeba",
+    "dcgan_coursework_celeba64": "celeba",
+    "celeba_attr_resnet18_256": "celeba",
+    "vaegan_celeba64": "celeba",
+    "latent_diffusion_smiling_celeba64": "celeba",
+    "ddgan_celebahq128": "celebahq",
+    "ddgan_latent_analysis_celebahq128": "celebahq",
+    "ddgan_celebahq256": "celebahq",
+    # sampling 2,048 images through a 64 px U-Net for 100 or 1,000 steps: hours on 2 CPU cores, so last
+    "ddpm_coursework_celeba64": "celeba",
+    "ddpm_dlstudio_celeba64": "celeba",
+}
+#: Overrides a recipe needs from an earlier rehearsal (relative to the rehearsals' folder).
+NEEDS = {"latent_diffusion_smiling_celeba64": "model.first_stage_ckpt={root}/vaegan_celeba64/run/checkpoints/last.ckpt"}
+
+
+@dataclass
+class Rehearsal:
+    """One row of the rehearsal table."""
+
+    experiment: str
+    status: str = "failed"
+    standin: str = ""
+    train_s: float = 0.0
+    resume_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    world_size: int = 1
+    wrote: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    date: str = ""
+    note: str = ""
+
+
+def layout_of(cfg: DictConfig) -> str | None:
+    return LAYOUT_OF.get(str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1])
+
+
+def needed_images(cfg: DictConfig, layout: str, world: int, steps: int) -> int:
+    """How many stand-in images the recipe's splits need: FID's n_real from its split, and `steps` full global
+    batches of training images."""
+    batch = int(cfg.data.get("batch_size", 1))
+    need = batch * steps + world
+    fractions = list(cfg.data.get("split_fractions") or [0.9, 0.05, 0.05])
+    share = {"celeba": {"train": 1 - 2 * CELEBA_VAL, "val": CELEBA_VAL, "test": CELEBA_VAL}}.get(
+        layout, dict(zip(("train", "val", "test"), fractions)))
+    for node in (cfg.get("metrics") or {}).values():
+        if not isinstance(node, DictConfig) or "n_real" not in node:
+            continue
+        split, n_real = str(node.get("real_split", "val")), int(node.n_real)
+        if split == "all" or cfg.data.get("subset"):
+            need = max(need, n_real)
+        else:
+            need = max(need, math.ceil(n_real / max(share[split], 1e-9)) + 2)
+    if cfg.data.get("subset"):
+        need = max(need, int(cfg.data.subset))
+    return need
+
+
+def standin_size(layout: str, needed: int) -> int:
+    """A stand-in size several recipes share (one CelebA stand-in of 25,000 serves every 64 px recipe):
+    pix2pix's real 606 facades where they suffice, else `needed` rounded up to a multiple of 5,000."""
+    if layout == "facades" and needed <= sum(FACADES_SPLITS):
+        return sum(FACADES_SPLITS)
+    return 5000 * math.ceil(needed / 5000)
+
+
+def standin_args(cfg: DictConfig, layout: str) -> dict[str, Any]:
+    """Options of the stand-in: images at the recipe's resolution where the layout takes a size."""
+    if layout in ("celebahq", "imagefolder"):
+        return {"size": int(cfg.data.resolution)}
+    return {}
+
+
+def rehearsal_overrides(cfg: DictConfig, steps: int) -> list[str]:
+    """What the rehearsal changes: devices (CPU processes for GPUs) and length, nothing else."""
+    out = ["trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+           "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.max_steps=-1"]
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    devices = cfg.trainer.get("devices", 1)
+    if accelerator in ("gpu", "cuda"):
+        single = isinstance(devices, int) and devices == 1
+        out[:0] = ["trainer=cpu", "trainer.devices=1"] if single else ["trainer=ddp_cpu", "trainer.devices=2"]
+    for group in ("callbacks", "metrics"):
+        for key, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "every_n_epochs" in node and "_target_" in node:
+                out.append(f"{group}.{key}.every_n_epochs=2")  # once, at the end of the second epoch
+    return out
+
+
+def _run(command: list[str], log: Path) -> tuple[float, float]:
+    """Run `command` with its output in `log`; (wall seconds, peak RSS in MiB of it and the ranks it waited for)."""
+    start = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"`{' '.join(command)}` exited with {proc.returncode} (log: {log}):\n{tail}")
+    return time.monotonic() - start, usage.ru_maxrss / 1024
+
+
+def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | None = None,
+             n: int | None = None) -> Rehearsal:
+    """Stand-in, training, resume and checks of one recipe; raises on any failure (the row says why)."""
+    from genface.check import _world_size, compose_train
+    from genface.models import load_module
+
+    cfg = compose_train(overrides)
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "?")
+    row = Rehearsal(experiment=experiment, date=time.strftime("%Y-%m-%d"))
+    layout = layout_of(cfg)
+    extra: list[str] = []
+    if layout and standin is None and not any(o.startswith("data.root=") for o in overrides):
+        _, world = _world_size(cfg.trainer)
+        count = n or standin_size(layout, needed_images(cfg, layout, min(world, 2), steps))
+        options = standin_args(cfg, layout)
+        standin = Path(cfg.paths.data_dir) / "standin" / "-".join(
+            [layout, f"n{count}", *(f"{k}{v}" for k, v in options.items())])
+        if not standin.is_dir():
+            write_standin(layout, standin, n=count, **options)
+        row.standin = f"{layout}, n={count}" + "".join(f", {k} {v}" for k, v in options.items())
+    if standin is not None:
+        extra.append(f"data.root={standin}")
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir, resume_dir = out / "run", out / "resume"
+    for stale in (run_dir, resume_dir):  # a rehearsal proves what it writes itself
+        shutil.rmtree(stale, ignore_errors=True)
+    base = [sys.executable, "-m", "genface", "train", *overrides, *extra, *rehearsal_overrides(cfg, steps)]
+    row.world_size = _world_size(compose_train([*overrides, *rehearsal_overrides(cfg, steps)]).trainer)[1]
+    row.train_s, rss = _run([*base, f"hydra.run.dir={run_dir}"], out / "train.log")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise RuntimeError(f"the rehearsal wrote no {last}")
+    load_module(last)
+    resume = [f"ckpt_path={last}", "trainer.max_epochs=3", "trainer.limit_train_batches=1", "metrics=none",
+              f"hydra.run.dir={resume_dir}"]
+    # the resume checks that training continues; FID was proven above (metrics=none drops its overrides)
+    # and the callbacks act on its one epoch (the third), so that it writes its own last.ckpt
+    again = [a.replace("every_n_epochs=2", "every_n_epochs=1") for a in base if not a.startswith("metrics.")]
+    row.resume_s, rss_resume = _run([*again, *resume], out / "resume.log")
+    if not (resume_dir / "checkpoints" / "last.ckpt").is_file():
+        raise RuntimeError(f"the resume wrote no {resume_dir}/checkpoints/last.ckpt")
+    row.peak_rss_mib = max(rss, rss_resume)
+    row.wrote = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                       if p.is_file() and not p.name.endswith((".log", ".yaml")) and ".hydra" not in p.parts)
+    report = run_dir / "report" / "metrics.json"
+    if report.is_file():
+        for epoch in json.loads(report.read_text()):  # one dict per epoch; keep each metric's latest value
+            row.metrics.update({k: float(v) for k, v in epoch.items()
+                                if isinstance(v, (int, float)) and math.isfinite(v) and "/" in k})
+    row.status = "passed"
+    return row
+
+
+def append_row(table: Path, row: Rehearsal) -> None:
+    """Keep one row per experiment (the newest) in the JSON table, written atomically."""
+    rows = json.loads(table.read_text()) if table.is_file() else []
+    rows = [r for r in rows if r["experiment"] != row.experiment] + [asdict(row)]
+    table.parent.mkdir(parents=True, exist_ok=True)
+    tmp = table.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sorted(rows, key=lambda r: r["experiment"]), indent=1) + "\n")
+    os.replace(tmp, table)
+
+
+def write_markdown(table: Path, out: Path) -> None:
+    """The docs table of a JSON rehearsal table."""
+    rows = json.loads(table.read_text())
+    lines = [
+        "| recipe | status | stand-in | ranks | train (2 epochs) | resume | peak RSS | FID / KID at the recipe's N | wrote |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        fid = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items() if k.startswith("val/") and
+                        any(m in k for m in ("fid", "kid_mean"))) or "-"
+        kinds = sorted({w.split("/")[0] if "/" in w else w for w in r["wrote"]})
+        lines.append(
+            f"| `{r['experiment']}` | {r['status']}{' (' + r['note'] + ')' if r['note'] else ''} | "
+            f"{r['standin'] or 'embedded'} | {r['world_size']} | {r['train_s'] / 60:.1f} min | "
+            f"{r['resume_s'] / 60:.1f} min | {r['peak_rss_mib'] / 1024:.1f} GiB | {fid} | {', '.join(kinds)} |"
+        )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def _one(experiment: str, overrides: list[str], own: dict[str, str], out: Path) -> Rehearsal:
+    row = Rehearsal(experiment=experiment, date=time.strftime("%Y-%m-%d"))
+    try:
+        row = rehearse(overrides, out, steps=int(own.get("steps", 2)),
+                       standin=Path(own["standin"]) if own.get("standin") else None,
+                       n=int(own["n"]) if own.get("n") else None)
+    except Exception as err:
+        row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        print(f"genface rehearse {experiment}: FAILED: {err}", file=sys.stderr)
+    if own.get("table"):
+        table = Path(own["table"])
+        append_row(table, row)
+        write_markdown(table, table.with_suffix(".md"))
+    print(json.dumps(asdict(row), indent=1))
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        raise SystemExit(0 if args else 2)
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
+    overrides = [a for a in args if a.split("=", 1)[0] not in OWN_KEYS]
+    root = Path(own.get("out") or Path("logs") / "rehearse").absolute()
+    if overrides[:1] == ["all"]:  # every real-data recipe, each in <out>/<experiment>
+        rows = []
+        for experiment in REAL_DATA:
+            needs = [NEEDS[experiment].format(root=root)] if experiment in NEEDS else []
+            rows.append(_one(experiment, [f"experiment={experiment}", *overrides[1:], *needs], own, root / experiment))
+        raise SystemExit(0 if all(r.status == "passed" for r in rows) else 1)
+    if not any(o.startswith("experiment=") for o in overrides):
+        raise SystemExit("genface rehearse needs experiment=NAME (a shipped recipe) or `all`")
+    experiment = next(o.split("=", 1)[1] for o in overrides if o.startswith("experiment="))
+    row = _one(experiment, overrides, own, root if own.get("out") else root / experiment)
+    raise SystemExit(0 if row.status == "passed" else 1)
+
+
+if __name__ == "__main__":
+    main()
