@@ -132,3 +132,21 @@ def test_cli_exit_codes(tmp_path, broken):
     assert ("fix: trainer=cpu" in done.stdout) == broken
     assert time.monotonic() - start < 30 or not broken
     assert not (tmp_path / "logs").exists()  # check creates no run folder
+
+
+def test_changed_optimizer_settings_on_resume_are_refused_with_the_key(compose_train, tmp_path):
+    from genface.train import train
+
+    first = compose_train(*TINY, "trainer.max_epochs=1", "metrics.fid.every_n_epochs=1")
+    _, trainer = train(first)
+    last = f"{trainer.default_root_dir}/checkpoints/last.ckpt"
+    assert _plan(compose_train, *TINY, "trainer.max_epochs=2", f"ckpt_path={last}").problems == []
+    plan = _plan(compose_train, *TINY, "trainer.max_epochs=2", f"ckpt_path={last}", "model.optimizer_g.lr=0.001")
+    (problem,) = plan.problems
+    assert problem.what.startswith("model.optimizer_g.lr=0.001 but last.ckpt was trained with 0.0002")
+    assert "drop the model.optimizer_g.lr override" in problem.fix
+
+
+def test_a_non_number_batch_names_the_key(compose_train):
+    plan = _plan(compose_train, *TINY, "data.batch_size=abc")
+    assert [p.what for p in plan.problems] == ["data.batch_size must be a whole number, got 'abc'"]

@@ -33,6 +33,7 @@ def test_overrides_cut_length_and_devices_only(tmp_path):
     cut = rehearsal_overrides(cfg, steps=3)
     assert cut[:2] == ["trainer=ddp_cpu", "trainer.devices=2"]
     assert "trainer.limit_train_batches=3" in cut and "trainer.max_epochs=2" in cut
+    assert not any(o.startswith("trainer.limit_val_batches") for o in cut)  # metrics over validation keep their N
     assert "metrics.fid.every_n_epochs=2" in cut and "callbacks.sample_grid.every_n_epochs=2" in cut
     assert not any(o.startswith(("data.", "model.")) for o in cut)  # the recipe itself is untouched
     single = compose_train(["experiment=dcgan_dg1_celeba64", f"paths.log_dir={tmp_path}"])

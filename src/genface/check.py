@@ -108,7 +108,13 @@ def check_trainer(cfg: DictConfig, plan: Plan) -> int:
             f"trainer.precision={precision} is not supported on a CPU",
             "trainer.precision=32-true (or bf16-mixed)",
         )
-    batch = int(cfg.data.get("batch_size", 1))
+    from genface.data.base import positive_int
+
+    try:
+        batch = positive_int(cfg.data.get("batch_size", 1), "data.batch_size")
+    except ValueError as err:
+        plan.problem(str(err), "data.batch_size=<a whole number, e.g. 64>")
+        batch = world
     if batch % world:
         fix = max(world, batch - batch % world)
         plan.problem(
@@ -142,13 +148,17 @@ def _root_hint(cfg: DictConfig) -> str:
 
 def check_data(cfg: DictConfig, plan: Plan, world: int) -> tuple[Any, dict[str, int]] | None:
     """Instantiate the DataModule, count every split and the batches per rank; None when the data is unusable."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
         datamodule = instantiate(cfg.data)
         sizes = {split: len(datamodule.split_dataset(split)) for split in ("train", "val", "test")}
-    except (FileNotFoundError, ValueError, OSError) as err:
-        plan.problem(f"data: {err}", _root_hint(cfg))
+    except (FileNotFoundError, ValueError, OSError, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if "data.batch_size" not in str(cause):  # already a trainer problem, with its fix
+            fix = "the data.* key named above" if "data." in str(cause) else _root_hint(cfg)
+            plan.problem(f"data: {cause}", fix)
         return None
     per_rank = max(int(cfg.data.batch_size) // world, 1)
     train_batches = _limited(sizes["train"] // per_rank, cfg.trainer.get("limit_train_batches"))
@@ -168,9 +178,10 @@ def check_data(cfg: DictConfig, plan: Plan, world: int) -> tuple[Any, dict[str, 
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def check_metrics(cfg: DictConfig, plan: Plan, datamodule: Any, sizes: dict[str, int]) -> list[Any]:
+def check_metrics(cfg: DictConfig, plan: Plan, datamodule: Any, sizes: dict[str, int], world: int = 1) -> list[Any]:
     """Real-split sizes against n_real / n_fake, extractor weights, the low-N rule, validation epochs."""
     from genface.callbacks.fid import FIDCallback
+    from genface.callbacks.triplets import TranslationFID
     from genface.metrics.extractors import inception_weights_path
 
     try:
@@ -179,6 +190,13 @@ def check_metrics(cfg: DictConfig, plan: Plan, datamodule: Any, sizes: dict[str,
         plan.problem(f"metrics: {err}", "see the allowed values named above")
         return []
     for (key, _), cb in zip(_targets(cfg.get("metrics")), callbacks):
+        if isinstance(cb, TranslationFID):  # over the validation loop's translations
+            per_rank = max(int(cfg.data.batch_size) // max(world, 1), 1)
+            n = min(sizes["val"], sizes["val_batches"] * per_rank * world)
+            plan.add(f"metrics.{key}: {cb.extractor_name}, {n} validation translations vs their targets")
+            if n < 2:
+                plan.problem(f"metrics.{key}: FID over {n} validation translation(s): it needs at least 2",
+                             "trainer.limit_val_batches=1.0 (the whole val split)")
         if not isinstance(cb, FIDCallback):
             continue
         name = f"metrics.{key}"
@@ -266,10 +284,44 @@ def _check_checkpoint(plan: Plan, key: str, path: Any, expected: str | None) -> 
         plan.add(f"{key}: {file} ({found.rsplit('.', 1)[-1]})")
 
 
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}.{key}").items()}
+    if isinstance(node, (list, tuple)):
+        return {k: v for i, child in enumerate(node) for k, v in _leaves(child, f"{prefix}.{i}").items()}
+    return {prefix: node}
+
+
+def check_resume_settings(cfg: DictConfig, plan: Plan) -> None:
+    """A resumed run restores the optimizer and scheduler state saved in `ckpt_path` (learning rates, betas,
+    schedule position): a changed `model.optimizer*` / `model.scheduler*` setting would be silently ignored
+    while the run's hparams recorded it, so it is refused, naming the key."""
+    from genface.safe_load import safe_load
+
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    try:
+        saved = safe_load(path, mmap=True).get("hyper_parameters") or {}
+    except Exception:  # unreadable: _check_checkpoint has said so
+        return
+    now = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in sorted(k for k in now if str(k).startswith(("optimizer", "scheduler")) and k in saved):
+        old, new = _leaves(saved[key], f"model.{key}"), _leaves(now[key], f"model.{key}")
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                plan.problem(
+                    f"{name}={new.get(name)} but {path.name} was trained with {old.get(name)}: resuming restores "
+                    "the saved optimizer state, so the new value would be ignored",
+                    f"drop the {name} override to resume as saved, or start a new run without ckpt_path",
+                )
+
+
 def check_paths(cfg: DictConfig, plan: Plan, callbacks: list[Any]) -> None:
     """ckpt_path, first stages, judges' classifiers and pretrained weights exist and hold the right family."""
     model_class = str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1]
+    before = len(plan.problems)
     _check_checkpoint(plan, "ckpt_path", cfg.get("ckpt_path"), model_class)
+    if cfg.get("ckpt_path") and len(plan.problems) == before:
+        check_resume_settings(cfg, plan)
     if "first_stage_ckpt" in cfg.model:
         if cfg.model.first_stage_ckpt is None and cfg.model.get("first_stage") is None:
             plan.problem("model.first_stage_ckpt is required: latent diffusion needs a trained autoencoder",
@@ -420,7 +472,7 @@ def preflight(cfg: DictConfig, step: bool = True) -> Plan:
     plan = Plan()
     world = check_trainer(cfg, plan)
     found = check_data(cfg, plan, world)
-    metrics = check_metrics(cfg, plan, *found) if found else []
+    metrics = check_metrics(cfg, plan, *found, world) if found else []
     try:
         others = instantiate_group(cfg.get("callbacks"))
     except Exception as err:

@@ -123,8 +123,9 @@ def standin_args(cfg: DictConfig, layout: str) -> dict[str, Any]:
 
 def rehearsal_overrides(cfg: DictConfig, steps: int) -> list[str]:
     """What the rehearsal changes: devices (CPU processes for GPUs) and length, nothing else."""
-    out = ["trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
-           "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.max_steps=-1"]
+    # validation keeps the recipe's length: metrics computed over the validation loop (translation FID,
+    # the classifier's calibrated cuts) must see the N the recipe configures
+    out = ["trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.max_steps=-1"]
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     devices = cfg.trainer.get("devices", 1)
     if accelerator in ("gpu", "cuda"):

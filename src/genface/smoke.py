@@ -39,6 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from genface.config import CONF_DIR
+from genface.data.base import positive_int
 from genface.data.paired import source_channels_of
 from genface.safe_load import safe_load
 
@@ -388,7 +389,7 @@ def _smoke_trainer(cfg: DictConfig, changes: _Changes) -> None:
         changes.set(trainer, "sync_batchnorm", False, "trainer")  # SyncBatchNorm needs GPUs
     devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
     world = devices * nodes if isinstance(devices, int) and isinstance(nodes, int) else 1
-    batch = int(cfg.data.batch_size)
+    batch = positive_int(cfg.data.batch_size, "data.batch_size")
     if world > 1 and batch % world:
         changes.set(cfg.data, "batch_size", world * -(-batch // world), "data")
 

@@ -304,6 +304,19 @@ def content_key(directory: Path, recursive: bool, *files: Path | None) -> str:
     return hashlib.sha1("\n".join(rows).encode()).hexdigest()
 
 
+def positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    """`value` as a whole number >= `minimum`, or an error naming the config `key` (not int()'s bare message)."""
+    try:
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {number}")
+    return number
+
+
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``data.split_fractions`` (train, val, test): three non-negative numbers summing to 1."""
     values = tuple(float(f) for f in fractions)
@@ -519,12 +532,9 @@ class ImageDataModule(GlobalBatchLoaders, pl.LightningDataModule, metaclass=ABCM
         self.save_hyperparameters(ignore=sorted(chain - accepted), logger=False)
         if channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {channels}")
-        if int(resolution) < 1:
-            raise ValueError(f"data.resolution must be a positive number of pixels, got {resolution}")
-        if int(batch_size) < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
-        self.resolution, self.channels = int(resolution), int(channels)
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.resolution, self.channels = positive_int(resolution, "data.resolution"), int(channels)
+        self.batch_size = positive_int(batch_size, "data.batch_size")
+        self.num_workers = positive_int(num_workers, "data.num_workers", minimum=0)
         self.cache_dir = cache_dir
         self.use_cache, self.hflip, self.seed = bool(use_cache), bool(hflip), int(seed)
         self.background = check_background(background)
