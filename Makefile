@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.genface-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-full lint clean-runs bench rehearse
+.PHONY: setup demo test test-full lint clean-runs bench bench-gpu rehearse
 
 setup: $(STAMP)
 
@@ -37,3 +37,7 @@ rehearse: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all
+
+# the GPU path in one unattended run of at most 8 minutes (needs a CUDA GPU): benchmarks/out/bench_gpu.{json,md}
+bench-gpu: setup
+	$(BIN)/python -m benchmarks.bench_gpu

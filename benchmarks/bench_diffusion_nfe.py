@@ -10,10 +10,10 @@ channel multipliers and ResBlocks per level), and measures per image:
 - seconds per NFE, to separate "fewer steps" from "cheaper steps" (DD-GAN's generator also maps z);
 - ratios against DDPM-1000 (the reference every seed compares against).
 
-Weights are untrained: costs do not depend on them. On a GPU (``--device cuda``) add ``--preset seed128
+Weights are untrained: costs do not depend on them. On a GPU (``--device cuda``) add ``--preset study128
 --batch 100`` for the DD-GAN latent-analysis study's setting (DD-GAN 128 px, batch 100; the paper reports 0.025 s/image).
 Results: benchmarks/out/diffusion_nfe_<preset>[_<device>].json.
-    python -m benchmarks.bench_diffusion_nfe [--preset cpu32|seed128] [--device cpu|cuda] [--batch 4]
+    python -m benchmarks.bench_diffusion_nfe [--preset cpu32|study128] [--device cpu|cuda] [--batch 4]
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from benchmarks.common import add_device_args, best_of, record, setup_torch
 from genface.config import CONF_DIR
 
 #: resolution and the shared U-Net width per preset: `cpu32` is small enough for DDPM-1000 on a laptop CPU,
-#: `seed128` is DD-GAN's CelebA-HQ generator (64 x (1,1,2,2,4,4), attention at 16: ddgan_celebahq128) at the DD-GAN latent-analysis study's 128 px.
+#: `study128` is DD-GAN's CelebA-HQ generator (64 x (1,1,2,2,4,4), attention at 16: ddgan_celebahq128) at the DD-GAN latent-analysis study's 128 px.
 PRESETS = {
     "cpu32": dict(resolution=32, base_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention=[8]),
-    "seed128": dict(resolution=128, base_channels=64, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, attention=[16]),
+    "study128": dict(resolution=128, base_channels=64, channel_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, attention=[16]),
 }
 
 

@@ -12,7 +12,7 @@ in one session, on the same device:
 
 Weights are untrained: costs do not depend on them.
 Results: benchmarks/out/latent_vs_pixel_PRESETRESOLUTION[_DEVICE].json.
-    python benchmarks/bench_latent_vs_pixel.py [--resolution 32] [--device cpu|cuda] [--preset tiny|seed]
+    python benchmarks/bench_latent_vs_pixel.py [--resolution 32] [--device cpu|cuda] [--preset tiny|study]
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from genface.config import CONF_DIR
 from genface.models.latent_diffusion import LatentDiffusion
 
 #: (pixel DDPM config, first-stage config, latent diffusion config) per preset: `tiny` = the CPU demo
-#: configs, `seed` = the 64 px configs of ddpm_dlstudio_celeba64's default model and the VAE-GAN latent-diffusion study.
+#: configs, `study` = the 64 px configs of ddpm_dlstudio_celeba64's default model and the VAE-GAN latent-diffusion study.
 PRESETS = {
     "tiny": ("ddpm_tiny", "vaegan_tiny", "latent_diffusion_tiny"),
-    "seed": ("ddpm", "vaegan", "latent_diffusion"),
+    "study": ("ddpm", "vaegan", "latent_diffusion"),
 }
 
 

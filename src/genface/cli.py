@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": ("genface.evaluate", "FID/KID of folders or a checkpoint: genface evaluate real=DIR fake=DIR"),
     "analyze": ("genface.analyze", "latent directions and edits: genface analyze all generator=G classifier=C"),
     "prepare": ("genface.prepare", "decode a dataset once into the array cache: genface prepare data=celeba"),
+    "runs": ("genface.runs", "a table and plot of a run, multirun or study: genface runs DIR"),
     "sweep-wandb": ("genface.sweeps", "a `wandb sweep` YAML from a search: genface sweep-wandb hparams_search=dcgan ..."),
 }
 # DDP re-launches this process per rank without the sub-command in argv; it travels in the environment.

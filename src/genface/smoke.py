@@ -400,6 +400,8 @@ def _fit_gpus(trainer: DictConfig, changes: _Changes) -> None:
     if not available:
         changes.set(trainer, "accelerator", "cpu", "trainer")
         changes.set(trainer, "devices", 1, "trainer")
+        if str(trainer.get("precision", "32-true")) != "32-true":  # bf16 on a CPU: correct but very slow
+            changes.set(trainer, "precision", "32-true", "trainer")
     elif isinstance(devices, int) and devices > available:
         changes.set(trainer, "devices", available, "trainer")
     if trainer.get("devices") == 1 and trainer.get("num_nodes", 1) == 1 and isinstance(trainer.get("strategy"), DictConfig):

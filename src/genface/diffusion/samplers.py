@@ -30,8 +30,10 @@ SamplingPath = list[tuple[Tensor, Tensor]]
 def ddim_timesteps(T: int, steps: int | Sequence[int]) -> list[int]:
     """Timesteps visited by DDIM, descending.
 
-    An int picks evenly spaced "trailing" timesteps (Lin et al. 2024, diffusers' `timestep_spacing="trailing"`):
-    round(T - k·T/steps) - 1 for k = 0..steps-1, so T-1 always comes first and steps = T visits every step.
+    An int picks evenly spaced "trailing" timesteps (Lin et al. 2024): T - 1 - round(k·T/steps) for
+    k = 0..steps-1, so T-1 always comes first and steps = T visits every step. diffusers'
+    `timestep_spacing="trailing"` picks the same steps except where k·T/steps ends in exactly .5 (it rounds
+    the other way) and for a few counts where its float `arange` yields steps + 1 timesteps (tests/test_oracles.py).
     A sequence is taken as a set of timesteps in [0, T-1], visited in descending order.
     """
     if isinstance(steps, int):
