@@ -150,3 +150,16 @@ def test_changed_optimizer_settings_on_resume_are_refused_with_the_key(compose_t
 def test_a_non_number_batch_names_the_key(compose_train):
     plan = _plan(compose_train, *TINY, "data.batch_size=abc")
     assert [p.what for p in plan.problems] == ["data.batch_size must be a whole number, got 'abc'"]
+
+
+def test_train_into_an_unusable_log_folder_says_which_and_how(tmp_path):
+    """Hydra makes the run folder before genface runs: the CLI names the folder first, not a bare traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    done = subprocess.run(
+        [sys.executable, "-m", "genface", "train", "experiment=dcgan_synthfaces", f"paths.log_dir={blocker}/logs"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"{blocker} is not a folder" in done.stderr and "paths.log_dir=DIR" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -30,6 +30,34 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def unwritable_output(args: list[str]) -> str | None:
+    """Why runs could not be written where these overrides put them, or None. Hydra creates the run folder
+    (and its log file) before any genface code runs and fails there with a bare traceback; this says which
+    folder and how to move it, before Hydra starts. Only what argv and the environment decide is checked."""
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith(("+", "~", "-")))
+    folder = given.get("hydra.run.dir") or given.get("paths.log_dir") or os.environ.get("GENFACE_LOG_DIR")
+    if not folder:
+        root = given.get("paths.root_dir") or os.environ.get("GENFACE_ROOT") or os.getcwd()
+        folder = os.path.join(root, "logs")
+    if "${" in folder:  # an interpolation: Hydra resolves it, and reports what fails
+        return None
+    path = os.path.abspath(os.path.expanduser(folder))
+    existing = next(p for p in (path, *_parents(path)) if os.path.exists(p))
+    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    what = "is not a folder" if not os.path.isdir(existing) else "is not writable"
+    return (f"genface: runs would be written under {path}, but {existing} {what}; "
+            "give a writable folder with paths.log_dir=DIR (or GENFACE_LOG_DIR=DIR)")
+
+
+def _parents(path: str) -> list[str]:
+    out = []
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
@@ -42,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(), file=sys.stdout if asked else sys.stderr)
         raise SystemExit(0 if asked else 2)
     os.environ[_ENV] = command
+    problem = unwritable_output(args) if command in ("train", "sample", "evaluate", "analyze") else None
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv = [f"{argv[0]}", *args]
     module.main()
