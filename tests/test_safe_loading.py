@@ -245,6 +245,7 @@ def test_inception_torchscript_runs_only_when_known_or_trusted(tmp_path, monkeyp
     assert build_extractor("inception", str(script)).backend == "torchscript"
 
 
+@pytest.mark.slow  # the fast suite's per-family round-trip tests load through the same safe reader
 @pytest.mark.parametrize("family", sorted(FAMILY_EXPERIMENTS))
 def test_the_checkpoint_of_a_smoke_run_of_every_family_loads(compose_train, family):
     """A real Hydra run of each family (debug=smoke, 3-7 s), its last.ckpt through load_module."""

@@ -294,8 +294,8 @@ def _leaves(node: Any, prefix: str) -> dict[str, Any]:
 
 def check_resume_settings(cfg: DictConfig, plan: Plan) -> None:
     """A resumed run restores the optimizer and scheduler state saved in `ckpt_path` (learning rates, betas,
-    schedule position): a changed `model.optimizer*` / `model.scheduler*` setting would be silently ignored
-    while the run's hparams recorded it, so it is refused, naming the key."""
+    schedule position): a changed `model.optimizer*` setting would be silently ignored while the run's
+    hparams recorded it, so it is refused, naming the key; a changed `model.scheduler*` one is noted."""
     from genface.safe_load import safe_load
 
     path = Path(str(cfg.ckpt_path)).expanduser()
@@ -307,7 +307,12 @@ def check_resume_settings(cfg: DictConfig, plan: Plan) -> None:
     for key in sorted(k for k in now if str(k).startswith(("optimizer", "scheduler")) and k in saved):
         old, new = _leaves(saved[key], f"model.{key}"), _leaves(now[key], f"model.{key}")
         for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
+            if old.get(name) != new.get(name) and str(key).startswith("scheduler"):
+                # e.g. a cosine T_max that follows trainer.max_epochs when a run is extended: worth saying,
+                # not worth refusing (the restored schedule goes on as it was saved)
+                plan.add(f"note: {name}={new.get(name)} but {path.name} has {old.get(name)}; the restored "
+                         "scheduler state keeps the saved value")
+            elif old.get(name) != new.get(name):
                 plan.problem(
                     f"{name}={new.get(name)} but {path.name} was trained with {old.get(name)}: resuming restores "
                     "the saved optimizer state, so the new value would be ignored",
