@@ -3,8 +3,8 @@ weights, EMA shadows and schedules), bf16 samples against float32 ones, channels
 (torch.compile and its eager fallback), the trainer defaults, and a smoke run of benchmarks/bench_gpu.py.
 
 What autocast does differs between devices (CUDA runs pow/exp/sum/softplus/group_norm in float32, a CPU in
-bfloat16), so the xfail tests below document places that are float32 on a GPU by luck of the op lists and bf16
-on a CPU; each names the change that makes them float32 on both.
+bfloat16), so the tests below check the places that must be float32 on both: GAN losses, the VAE posterior and
+the latents latent diffusion trains on.
 """
 
 from __future__ import annotations
@@ -251,9 +251,7 @@ def test_16_mixed_grad_scaler_reaches_manual_optimisation(tmp_path):
     assert all(math.isfinite(v) for r in rec.rows for k, v in r.items() if "loss" in k)
 
 
-# ----- where a CPU's autocast leaves bf16 that a GPU's makes float32 -----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="losses.py: discriminator_loss/generator_loss need `logits = logits.float()` "
-                   "first (every GAN loss is bf16 under CPU autocast; under CUDA autocast the hinge loss is)")
+# ----- float32 where it matters, under any autocast ---------------------------------------------------------------
 def test_gan_losses_are_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = nn.Linear(4, 1)(torch.randn(8, 4))
@@ -263,8 +261,6 @@ def test_gan_losses_are_float32_under_autocast():
             assert generator_loss(kind, logits).dtype == torch.float32
 
 
-@pytest.mark.xfail(strict=True, reason="nets/autoencoder.py: DiagonalGaussian.__init__ needs mean.float() and "
-                   "logvar.float() (KL, reparameterised sample and mode are bf16 under CPU autocast)")
 def test_vae_kl_and_latents_are_float32_under_autocast():
     model = tiny_vaegan(gan=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -273,9 +269,6 @@ def test_vae_kl_and_latents_are_float32_under_autocast():
         assert posterior.sample().dtype == torch.float32 and posterior.mode().dtype == torch.float32
 
 
-@pytest.mark.xfail(strict=True, reason="latent diffusion trains on bf16 latents under autocast (from "
-                   "DiagonalGaussian), so the forward process and the noise run in bf16: fixed by the same "
-                   "DiagonalGaussian change, or by `return (z * self.latent_scale).float()` in encode_images")
 def test_latent_diffusion_forward_process_is_float32_under_autocast(first_stage, tmp_path):
     model = tiny_ldm(first_stage)
     seen: list[torch.dtype] = []

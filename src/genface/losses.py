@@ -26,8 +26,10 @@ def _check(kind: str) -> None:
 
 
 def discriminator_loss(kind: GANLoss, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Loss the discriminator minimises, given its logits on real and generated samples."""
+    """Loss the discriminator minimises, given its logits on real and generated samples (in float32, also
+    under bf16/fp16 autocast: softplus and the means must not round)."""
     _check(kind)
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
     if kind in ("bce", "non_saturating"):
         return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
     if kind == "hinge":
@@ -36,8 +38,9 @@ def discriminator_loss(kind: GANLoss, real_logits: torch.Tensor, fake_logits: to
 
 
 def generator_loss(kind: GANLoss, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Loss the generator minimises. BCE uses the non-saturating form (-log D(G(z))), as DCGAN does."""
+    """Loss the generator minimises (in float32). BCE uses the non-saturating form (-log D(G(z))), as DCGAN does."""
     _check(kind)
+    fake_logits = fake_logits.float()
     if kind in ("bce", "non_saturating"):
         return F.softplus(-fake_logits).mean()
     if kind == "hinge":

@@ -44,7 +44,8 @@ class DiagonalGaussian:
     """q(z|x) = N(mean, diag(exp(logvar))): reparameterised samples, the mode and KL to N(0, I) per image."""
 
     def __init__(self, mean: Tensor, logvar: Tensor) -> None:
-        self.mean, self.logvar = mean, logvar.clamp(-30.0, 20.0)
+        # float32 under mixed precision: the KL, the reparameterised sample and the latents diffusion trains on
+        self.mean, self.logvar = mean.float(), logvar.float().clamp(-30.0, 20.0)
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         eps = torch.randn(
