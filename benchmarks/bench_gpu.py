@@ -56,7 +56,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from genface.callbacks.performance import Performance, to_channels_last
-from genface.check import compose_train
+from genface.config import compose_train
 from genface.data.base import CachedImageDataset, GlobalBatchLoaders
 
 OUT = Path(__file__).parent / "out"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from genface.check import compose_train
+from genface.config import compose_train
 from genface.rehearse import (
     NEEDS,
     REAL_DATA,

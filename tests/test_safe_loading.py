@@ -17,14 +17,19 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import genface.metrics.extractors as extractors
-from genface.check import checkpoint_class
 from genface.config import CONF_DIR
 from genface.losses import VGGPerceptual
 from genface.metrics.extractors import ClassifierExtractor, InceptionExtractor, build_extractor
 from genface.models import load_module
 from genface.models.dcgan import DCGAN
 from genface.nets.resnet import load_pretrained, resnet18
-from genface.safe_load import TRUSTED_MODULES_ENV, UnsafeCheckpointError, resolve_target, safe_load
+from genface.safe_load import (
+    TRUSTED_MODULES_ENV,
+    UnsafeCheckpointError,
+    checkpoint_class,
+    resolve_target,
+    safe_load,
+)
 from genface.smoke import _first_stage_shape
 from helpers import FAMILY_EXPERIMENTS, TinyImages, tiny_trainer
 

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genface.config import CONF_DIR, instantiate_group
+from genface.config import compose_train, instantiate_group
+from genface.safe_load import checkpoint_class
 
 #: Extractors whose feature size is known without loading them (the low-N rule compares N with it).
 KNOWN_FEATURES = {"inception": 2048}
@@ -55,11 +56,8 @@ class Plan:
 
     def report(self) -> str:
         out = ["genface check: plan", *(f"  {line}" for line in self.lines)]
-        if self.problems:
-            out.append(f"genface check: {len(self.problems)} problem(s)")
-            out += [f"  - {p.what}\n      fix: {p.fix}" for p in self.problems]
-        else:
-            out.append("genface check: OK")
+        out.append(f"genface check: {len(self.problems)} problem(s)" if self.problems else "genface check: OK")
+        out += [f"  - {p.what}\n      fix: {p.fix}" for p in self.problems]
         return "\n".join(out)
 
 
@@ -249,18 +247,6 @@ def _targets(group: DictConfig | None) -> list[tuple[str, DictConfig]]:
 
 
 # ------------------------------------------------------------------------------------- paths and output
-
-
-def checkpoint_class(path: Path) -> str:
-    """The LightningModule class a genface checkpoint records (memory-mapped: the weights are not read).
-    Read without running code, and refused when it names a class genface does not build from checkpoints."""
-    from genface.safe_load import resolve_target, safe_load
-
-    ckpt = safe_load(path, mmap=True)
-    name = ckpt.get("genface_class") if isinstance(ckpt, dict) else None
-    if name:
-        resolve_target(name, "genface_class", path)
-    return str(name or "")
 
 
 def _check_checkpoint(plan: Plan, key: str, path: Any, expected: str | None) -> None:
@@ -490,22 +476,6 @@ def preflight(cfg: DictConfig, step: bool = True) -> Plan:
     if found:
         schedule(cfg, plan, found[1], [*metrics, *others])
     return plan
-
-
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The config `genface train overrides...` composes, with its run directory resolved, without starting
-    a Hydra run (no run folder is created)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):  # the one `${hydra:...}` of the tree: where the run would write
-        cfg.paths.output_dir = str(cfg.hydra.run.dir)
-        del cfg["hydra"]
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:

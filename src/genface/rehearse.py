@@ -155,7 +155,8 @@ def _run(command: list[str], log: Path) -> tuple[float, float]:
 def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | None = None,
              n: int | None = None) -> Rehearsal:
     """Stand-in, training, resume and checks of one recipe; raises on any failure (the row says why)."""
-    from genface.check import _world_size, compose_train
+    from genface.check import _world_size
+    from genface.config import compose_train
     from genface.models import load_module
 
     cfg = compose_train(overrides)

@@ -174,3 +174,13 @@ def _locate(path: str) -> Any:
         else:
             found = importlib.import_module(".".join(parts[:i]))
     return found
+
+
+def checkpoint_class(path: Path) -> str:
+    """The LightningModule class a genface checkpoint records (memory-mapped: the weights are not read).
+    Read without running code, and refused when it names a class genface does not build from checkpoints."""
+    ckpt = safe_load(path, mmap=True)
+    name = ckpt.get("genface_class") if isinstance(ckpt, dict) else None
+    if name:
+        resolve_target(name, "genface_class", path)
+    return str(name or "")
