@@ -38,3 +38,13 @@ def compose_cfg(config_name: str, overrides: Sequence[str], tmp_path) -> DictCon
 @pytest.fixture
 def compose_train(tmp_path):
     return lambda *overrides: compose_cfg("train", overrides, tmp_path)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run far faster on one thread than on two contended ones (2-core CI, parallel jobs);
+    for tests that run after others changed the thread count. Use: pytestmark = usefixtures("one_thread")."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

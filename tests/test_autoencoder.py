@@ -19,13 +19,7 @@ RES = 16
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones (2-core CI, parallel jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ae_config(**kw) -> dict:

@@ -23,12 +23,7 @@ ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3}
 MLP = {"_target_": "genface.nets.latent_denoiser.LatentDenoiser", "dim": 16, "hidden": 32, "num_blocks": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(model, tmp_path, steps: int, dm=None, **kw):

@@ -43,12 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ATOL = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturb(module: nn.Module, scale: float = 0.05, seed: int = 0) -> None:
