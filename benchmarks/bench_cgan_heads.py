@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from benchmarks.common import record
 from genface.callbacks.conditional_accuracy import ConditionalAccuracy
 from genface.data import DigitsDataModule
-from genface.metrics.evaluate import generate_fake_batches
-from genface.metrics.fid import frechet_distance, kernel_inception_distance
+from genface.metrics.fidkid import frechet_distance, kernel_inception_distance
+from genface.metrics.scoring import generate_fake_batches
 from genface.models.cgan import ConditionalGAN
 from genface.models.classifier import Classifier
 

@@ -16,8 +16,8 @@ import torch
 from benchmarks.bench_dcgan_loop import configs
 from benchmarks.common import record
 from genface.data import SynthFacesDataModule
-from genface.metrics.evaluate import evaluate_generator
 from genface.metrics.extractors import build_extractor
+from genface.metrics.scoring import evaluate_generator
 from genface.models.dcgan import DCGAN
 
 

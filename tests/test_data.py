@@ -37,7 +37,7 @@ from genface.data.base import (
     natural_key,
     split_indices,
 )
-from genface.metrics.evaluate import ImageFolderDataset
+from genface.metrics.scoring import ImageFolderDataset
 
 RES = 16
 

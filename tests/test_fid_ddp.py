@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from genface.metrics.evaluate import generate_fake_batches
 from genface.metrics.extractors import build_extractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
+from genface.metrics.scoring import generate_fake_batches
 from genface.metrics.stats import compute_real_stats
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_fid_worker.py"

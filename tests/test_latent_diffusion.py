@@ -16,7 +16,7 @@ from genface.nets.latent_denoiser import LatentDenoiser
 from genface.viz.diffusion import path_strip
 from genface.viz.latents import latent_scatter, project_2d
 from helpers import StepRecorder, TinyImages, tiny_trainer
-from test_autoencoder import TinySmiling, ae_config, tiny_vaegan
+from test_vaegan import TinySmiling, ae_config, tiny_vaegan
 
 RES = 16
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3}

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from genface.metrics import extractors as extractors_module
-from genface.metrics.evaluate import evaluate_folders, evaluate_generator, generate_fake_batches
 from genface.metrics.extractors import FeatureExtractor, build_extractor, fid_helper_torchscript_path
-from genface.metrics.fid import FIDKID, frechet_distance, kernel_inception_distance
+from genface.metrics.fidkid import FIDKID, frechet_distance, kernel_inception_distance
+from genface.metrics.scoring import evaluate_folders, evaluate_generator, generate_fake_batches
 from genface.metrics.stats import cache_file_name, compute_real_stats, load_or_compute_real_stats
 
 _spec = importlib.util.spec_from_file_location("ddp_fid_worker", Path(__file__).parent / "scripts" / "ddp_fid_worker.py")

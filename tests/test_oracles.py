@@ -19,7 +19,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
 from genface.diffusion import NoiseSchedule, ddim_sample, ddim_timesteps, predict_x0, sample_posterior
-from genface.metrics.fid import frechet_distance, kernel_inception_distance
+from genface.metrics.fidkid import frechet_distance, kernel_inception_distance
 
 F64 = torch.float64
 #: One float32 rounding of a value, relative (the unit roundoff 2^-24), and two of them (torch.linspace in

@@ -27,7 +27,6 @@ from torch import nn
 from genface.callbacks.performance import Performance, compile_nets, nets, to_channels_last
 from genface.losses import discriminator_loss, generator_loss
 from helpers import StepRecorder, TinyImages, tiny_trainer
-from test_autoencoder import TinySmiling, tiny_vaegan
 from test_cgan import TinyLabelled, tiny_cgan
 from test_classifier import StripesData, tiny_classifier
 from test_dcgan import tiny_dcgan
@@ -35,6 +34,7 @@ from test_ddgan import tiny_ddgan
 from test_ddpm import tiny_ddpm
 from test_latent_diffusion import tiny_ldm
 from test_pix2pix import TinyPairs, tiny_pix2pix
+from test_vaegan import TinySmiling, tiny_vaegan
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Measured max |bf16 autocast sample - float32 sample| in [-1, 1] units, same latents, 2 seeds: DCGAN, cGAN,

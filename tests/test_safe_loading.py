@@ -192,6 +192,16 @@ def test_hydra_made_hyper_parameters_load(genuine, tmp_path):
     assert checkpoint_class(path) == "genface.models.dcgan.DCGAN"
 
 
+def test_a_checkpoint_naming_a_renamed_module_still_loads(genuine, tmp_path):
+    """VAE-GAN checkpoints written before models/autoencoder.py became models/vaegan.py name the old path."""
+    from genface.models.vaegan import VAEGAN
+
+    assert resolve_target("genface.models.autoencoder.VAEGAN", "genface_class", "old.ckpt") is VAEGAN
+    path = crafted(genuine, tmp_path / "m.ckpt", genface_class="genface.models.autoencoder.DCGAN")
+    with pytest.raises(UnsafeCheckpointError, match="cannot be imported"):
+        checkpoint_class(path)
+
+
 def test_what_genface_builds_resolves_and_what_leads_elsewhere_does_not(monkeypatch):
     for target in (
         "genface.nets.unet.UNet",

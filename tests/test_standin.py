@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from genface.data.celeba import CELEBA_ATTRIBUTES, read_attribute_file
-from genface.data.standin import (
+from genface.data.layouts import (
     CELEBA_SPLITS,
     FACADE_PALETTE,
     FACADES_SPLITS,
@@ -192,7 +192,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr("genface.data.standin.render_face", broken)
+    monkeypatch.setattr("genface.data.layouts.render_face", broken)
     with pytest.raises(RuntimeError, match="renderer broke"):
         write("celebahq", tmp_path / "hq", n=4, size=16)
     assert list(tmp_path.iterdir()) == []

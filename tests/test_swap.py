@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from data_helpers import write_image_folder
 from genface.config import CONF_DIR
 from genface.data import CelebADataModule, ImageDataModule, ImageFolderDataModule
+from genface.data.layouts import write_standin
 from genface.data.paired import DerivedPairsDataModule, PairedDataModule, PairedFolderDataModule
-from genface.data.standin import write_standin
 from genface.train import train
 from helpers import FAMILY_EXPERIMENTS
 

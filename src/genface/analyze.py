@@ -21,8 +21,8 @@ from genface.analysis.directions import Directions, fit_directions, write_direct
 from genface.analysis.editing import run_edit_study, write_edit_pictures, write_edit_report
 from genface.analysis.projection import run_projection
 from genface.analysis.rejection import parse_condition, rejection_sample, write_rejection_report
-from genface.analysis.report import write_report_index, write_text
 from genface.analysis.sampling import Samples, load_samples, sample_to_disk
+from genface.analysis.tables import write_report_index, write_text
 from genface.config import CONF_PATH
 from genface.models import load_generative
 from genface.models.base import GenerativeModule

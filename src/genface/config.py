@@ -31,10 +31,6 @@ def _wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
 
 
-# Model modules whose family has another name in configs and docs.
-_FAMILY_ALIASES = {"autoencoder": "vaegan"}
-
-
 def _hydra_node() -> DictConfig | None:
     """The running Hydra app's `hydra` node; None where configs are composed without an app (tests)."""
     return HydraConfig.get() if HydraConfig.initialized() else None
@@ -43,14 +39,14 @@ def _hydra_node() -> DictConfig | None:
 def _run_tags(user_tags: ListConfig | list | None, *, _root_: DictConfig) -> list[str]:
     """The user's tags, then the run's model family, dataset and experiment, each once: W&B filters by them.
 
-    Family: the model's module (genface.models.dcgan -> dcgan; autoencoder -> vaegan). Dataset: the data
+    Family: the model's module (genface.models.dcgan -> dcgan). Dataset: the data
     module's class (SynthFacesDataModule -> synthfaces), the base set for derived pairs.
     """
     derived = []
     model_target = OmegaConf.select(_root_, "model._target_", default=None)
     if model_target:
         module = str(model_target).rsplit(".", 2)[-2]
-        derived.append(_FAMILY_ALIASES.get(module, module))
+        derived.append(module)
     data_target = OmegaConf.select(_root_, "data.base._target_", default=None) or OmegaConf.select(
         _root_, "data._target_", default=None
     )

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 
 from genface.analysis.sampling import check_complete
 from genface.config import CONF_PATH
-from genface.metrics.evaluate import ImageFolderDataset, evaluate_folders, evaluate_generator
 from genface.metrics.extractors import FeatureExtractor, build_extractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
+from genface.metrics.scoring import ImageFolderDataset, evaluate_folders, evaluate_generator
 from genface.metrics.stats import check_real_n
 
 log = logging.getLogger("genface.evaluate")

@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from genface.data.standin import FACADES_SPLITS, write_standin
+from genface.data.layouts import FACADES_SPLITS, write_standin
 
 #: DataModule class -> stand-in layout; recipes on embedded data (synthfaces, digits) need none.
 LAYOUT_OF = {

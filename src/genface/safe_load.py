@@ -102,6 +102,19 @@ def _refused(message: str) -> str:
     return f"content outside tensors and plain data ({detail})"
 
 
+#: Modules that were renamed after checkpoints naming them were written: old import path prefix -> new one.
+#: Checkpoints keep loading; the mapping is applied before anything is checked or imported.
+MOVED_MODULES = {"genface.models.autoencoder.": "genface.models.vaegan."}
+
+
+def current_path(target: str) -> str:
+    """`target` with a renamed module's old path replaced by its new one (see `MOVED_MODULES`)."""
+    for old, new in MOVED_MODULES.items():
+        if target.startswith(old):
+            return new + target[len(old):]
+    return target
+
+
 def resolve_target(target: object, key: str, source: str | Path) -> Callable[..., Any]:
     """The class or function that `target` (an import path read from `source` at `key`) names, if genface
     builds it from a checkpoint: a class or function defined in genface.nets, a class defined in
@@ -116,6 +129,7 @@ def resolve_target(target: object, key: str, source: str | Path) -> Callable[...
     trusted = tuple(m.strip() for m in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if m.strip())
     if not isinstance(target, str) or not _IMPORT_PATH.fullmatch(target):
         raise refuse("not an import path")
+    target = current_path(target)
     if not _within(target, (_NETS, _MODELS, _OPTIM, *trusted)):
         raise refuse("it is outside the classes genface builds from checkpoints")
     try:
@@ -183,4 +197,5 @@ def checkpoint_class(path: Path) -> str:
     name = ckpt.get("genface_class") if isinstance(ckpt, dict) else None
     if name:
         resolve_target(name, "genface_class", path)
+        name = current_path(name)
     return str(name or "")

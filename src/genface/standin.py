@@ -1,6 +1,6 @@
 """`genface standin LAYOUT out=DIR [n=N] [seed=S] [size=PX]`: synthfaces in a real dataset's layout.
 
-The writers live in :mod:`genface.data.standin`; this entry point turns argv into their arguments.
+The writers live in :mod:`genface.data.layouts`; this entry point turns argv into their arguments.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from genface.config import CONF_PATH
-from genface.data.standin import LAYOUTS, write_standin
+from genface.data.layouts import LAYOUTS, write_standin
 
 log = logging.getLogger("genface.standin")
 

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from genface.analysis.report import markdown_table, write_csv
+from genface.analysis.tables import markdown_table, write_csv
 from genface.viz.analysis import heatmap
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from genface.analysis.directions import Directions, check_names
-from genface.analysis.report import markdown_table, write_csv, write_json
+from genface.analysis.tables import markdown_table, write_csv, write_json
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier
 from genface.viz.analysis import heatmap, image_table

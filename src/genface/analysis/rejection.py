@@ -21,7 +21,7 @@ import torch
 
 from genface.analysis.directions import Directions, check_names
 from genface.analysis.editing import classify
-from genface.analysis.report import markdown_table, write_json
+from genface.analysis.tables import markdown_table, write_json
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier
 from genface.viz.analysis import enlarge

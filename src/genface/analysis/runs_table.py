@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from genface.analysis.report import markdown_table, write_csv, write_text
+from genface.analysis.tables import markdown_table, write_csv, write_text
 
 #: Metric keys read as "the" FID and KID of a run, first found wins (generated samples, then reconstructions).
 FID_KEYS = ("val/fid", "val/rfid")

@@ -25,7 +25,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from genface.analysis.report import write_json
+from genface.analysis.tables import write_json
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier
 from genface.viz.grids import save_grid, save_png, to_uint8

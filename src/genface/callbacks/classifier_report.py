@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-from genface.analysis.report import markdown_table, write_csv, write_text
+from genface.analysis.tables import markdown_table, write_csv, write_text
 from genface.models.classifier import METRICS, Classifier
 from genface.viz.analysis import Caption, captioned_grid, metric_bars
 from genface.viz.grids import save_png

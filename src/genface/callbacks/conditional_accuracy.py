@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from genface.metrics.evaluate import generate_fake_batches, rank_share
+from genface.metrics.scoring import generate_fake_batches, rank_share
 from genface.models.base import GenerativeModule
 
 

@@ -12,9 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from genface.data.base import REAL_SPLITS, real_images
-from genface.metrics.evaluate import generate_fake_batches, rank_share
 from genface.metrics.extractors import build_extractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
+from genface.metrics.scoring import generate_fake_batches, rank_share
 from genface.metrics.stats import RealStats, load_or_compute_real_stats
 from genface.models.base import GenerativeModule
 

@@ -19,7 +19,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from genface.callbacks.sample_grid import log_image
 from genface.metrics.extractors import build_extractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
 from genface.metrics.stats import RealStats, mean_cov
 from genface.viz.grids import grid_image, save_png
 

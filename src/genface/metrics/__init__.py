@@ -1,8 +1,8 @@
 """FID/KID: feature extractors, cached real statistics, the metric and folder/generator evaluation."""
 
-from genface.metrics.evaluate import evaluate_folders, evaluate_generator
 from genface.metrics.extractors import FeatureExtractor, build_extractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
+from genface.metrics.scoring import evaluate_folders, evaluate_generator
 from genface.metrics.stats import RealStats, compute_real_stats, load_or_compute_real_stats
 
 __all__ = [

@@ -20,13 +20,13 @@ from hydra.utils import instantiate
 from torch import Tensor
 
 from genface.models import load_module
-from genface.models.autoencoder import VAEGAN
 from genface.models.ddpm import DDPM
+from genface.models.vaegan import VAEGAN
 from genface.viz.latents import class_rows
 
 
 class LatentDiffusion(DDPM):
-    """DDPM over the latents of a frozen autoencoder (`genface.models.autoencoder.VAEGAN`).
+    """DDPM over the latents of a frozen autoencoder (`genface.models.vaegan.VAEGAN`).
 
     Args:
         first_stage_ckpt: checkpoint of the trained autoencoder (stage one). Its network and config are

@@ -11,7 +11,7 @@ from PIL import Image
 from genface.callbacks.reconstruction_grid import ReconstructionGrid
 from genface.losses import VGGPerceptual
 from genface.models import load_generative
-from genface.models.autoencoder import VAEGAN, class_index
+from genface.models.vaegan import VAEGAN, class_index
 from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian
 from helpers import StepRecorder, TinyImages, tiny_trainer
 
@@ -79,7 +79,7 @@ def fit(model, tmp_path, steps: int, dm=None, **kw):
 @pytest.mark.parametrize(
     ("kw", "shape"), [({"latent_dim": 16}, (16,)), ({"latent_dim": None, "z_channels": 4}, (4, 8, 8))]
 )
-def test_autoencoder_shapes(kw, shape):
+def test_vaegan_shapes(kw, shape):
     net = instantiate(ae_config(**kw))
     assert net.latent_shape == shape
     x = torch.rand(2, 3, RES, RES) * 2 - 1
@@ -103,7 +103,7 @@ def test_flat_and_spatial_latents_differ_only_in_the_heads():
     assert count(flat) - count(spatial) == flat_heads - spatial_heads
 
 
-def test_autoencoder_errors():
+def test_vaegan_errors():
     with pytest.raises(ValueError, match="resolution divisible by 2"):
         AutoencoderKL(resolution=18, channel_mult=(1, 2, 2))
     net = instantiate(ae_config())

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from genface.data.base import flatten_image
 from genface.metrics.extractors import FeatureExtractor
-from genface.metrics.fid import FIDKID
+from genface.metrics.fidkid import FIDKID
 from genface.metrics.stats import RealStats, compute_real_stats, load_or_compute_real_stats, stack_images
 from genface.models.base import GenerativeModule
 
