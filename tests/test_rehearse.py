@@ -17,6 +17,9 @@ from genface.rehearse import (
     needed_images,
     rehearsal_overrides,
     rehearse,
+    sampled_images,
+    sampling_plan,
+    shortened_steps,
     write_markdown,
 )
 
@@ -59,6 +62,27 @@ def test_table_keeps_the_newest_row_per_recipe_and_renders(tmp_path):
     write_markdown(table, tmp_path / "t.md")
     text = (tmp_path / "t.md").read_text()
     assert "| `a` | passed | embedded | 1 | 2.0 min | 0.5 min | 2.0 GiB | val/fid 123.4 | checkpoints, samples |" in text
+
+
+def test_sampler_is_shortened_only_past_the_budget():
+    # 1 s per step and image, 1,000 steps, 2,112 images: 587 h; a 1 h budget affords 1 step, 10 h 17 steps
+    assert shortened_steps(1.0, 1000, 2112, 3600) == 1
+    assert shortened_steps(1.0, 1000, 2112, 36000) == 17
+    assert shortened_steps(1e-6, 1000, 2112, 3600) is None
+    assert shortened_steps(1.0, 1000, 10, 10 * 999) == 999  # never the recipe's own count
+
+
+def test_sampling_plan_measures_the_recipes_sampler(tmp_path):
+    cfg = compose_train(["experiment=ddpm_dlstudio_celeba64", f"paths.log_dir={tmp_path}"])
+    assert sampled_images(cfg) == 2048 + 64 + 4  # FID's fakes, the sample grid, the denoising paths
+    tiny = compose_train(["experiment=ddpm_synthfaces", f"paths.log_dir={tmp_path}", "model.sampler=ancestral",
+                          "model.net.base_channels=8", "model.net.num_res_blocks=1", "data.resolution=16"])
+    plan = sampling_plan(tiny, budget_h=1e-9, batch=2)
+    assert plan["sampler"] == "ancestral" and plan["steps"] == tiny.model.schedule.T
+    assert plan["s_per_step_per_image"] > 0 and plan["rehearsed_with"] == {"sampler": "ddim", "steps": 1}
+    assert "rehearsed_with" not in sampling_plan(tiny, budget_h=1e9, batch=2)
+    dcgan = compose_train(["experiment=dcgan_synthfaces", f"paths.log_dir={tmp_path}"])
+    assert sampling_plan(dcgan, budget_h=1e-9) == {}  # one network evaluation per image: nothing to shorten
 
 
 @pytest.mark.slow

@@ -8,7 +8,16 @@ recipe asks for GPUs. Only the length is cut: `steps` batches per epoch, two epo
 time, peak memory and what the run wrote go to a JSON table (`table=`), from which
 :func:`write_markdown` makes the docs table.
 
-    genface rehearse experiment=ddgan_celebahq128 [steps=2] [out=DIR] [standin=DIR] [table=FILE] [overrides]
+One thing can make a rehearsal impossible on a small machine: an iterative sampler's cost. A 64 px DDPM that
+samples FID's 2,048 images with 1,000 ancestral steps runs its 92 M-parameter U-Net 2 million times, weeks
+on 2 CPU cores. Before training, the rehearsal measures the cost of one network evaluation per image
+(:func:`sampling_plan`) and, when everything the run samples (FID's fakes, sample grid, denoising paths)
+would exceed `sampling_budget_h` hours, samples with DDIM over as many steps as the budget allows, never
+fewer FID images, and records the measured cost and the projected time of the recipe's own sampler in
+the table. Nothing else changes.
+
+    genface rehearse experiment=ddgan_celebahq128 [steps=2] [out=DIR] [standin=DIR] [table=FILE]
+                     [sampling_budget_h=1] [overrides]
     genface rehearse all table=docs/rehearsals.json     # every real-data recipe; also writes the .md table
 """
 
@@ -39,7 +48,9 @@ LAYOUT_OF = {
 }
 #: Share of the validation partition in CelebA's list_eval_partition.txt (19,867 of 202,599).
 CELEBA_VAL = 19867 / 202599
-OWN_KEYS = ("steps", "out", "standin", "table", "n")
+OWN_KEYS = ("steps", "out", "standin", "table", "n", "sampling_budget_h")
+#: Default hours of sampling a rehearsal may spend (FID fakes + pictures) before it shortens the sampler.
+SAMPLING_BUDGET_H = 1.0
 #: Every shipped recipe that reads a real dataset, with its stand-in layout, in an order where a stage
 #: comes before the recipe that needs it, cheapest first (`genface rehearse all`).
 REAL_DATA = {
@@ -79,6 +90,9 @@ class Rehearsal:
     metrics: dict[str, float] = field(default_factory=dict)
     date: str = ""
     note: str = ""
+    #: iterative samplers only: the recipe's sampler and steps, the measured seconds per network
+    #: evaluation per image, the images sampled, the projected hours, and what the rehearsal ran instead
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 def layout_of(cfg: DictConfig) -> str | None:
@@ -138,6 +152,61 @@ def rehearsal_overrides(cfg: DictConfig, steps: int) -> list[str]:
     return out
 
 
+def sampled_images(cfg: DictConfig) -> int:
+    """Images one round of the run's periodic outputs samples: FID's fakes, the sample grid, denoising paths."""
+    total = 0
+    for group in ("metrics", "callbacks"):
+        for node in (cfg.get(group) or {}).values():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                total += int(node.get("n_fake", 0) or 0) + int(node.get("n", 0) or 0)
+    return total
+
+
+def shortened_steps(per_step_s: float, steps: int, images: int, budget_s: float) -> int | None:
+    """DDIM steps that sample `images` within `budget_s` at `per_step_s` seconds per image and sampler step
+    (at least 1), or None when the recipe's `steps` fit."""
+    if per_step_s * steps * images <= budget_s:
+        return None
+    return max(1, min(steps - 1, int(budget_s // (per_step_s * images))))
+
+
+def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str, Any]:
+    """Measured cost of the recipe's iterative sampler, and the overrides that fit it into `budget_h` hours.
+
+    Builds the full-size model and times `generate` on `batch` latents with DDIM over 1 and 3 steps: the
+    difference is two sampler steps (two network evaluations, four under classifier-free guidance), so the
+    decoding and setup around them cancel. Untrained weights cost what trained ones do. Empty for models
+    without an iterative sampler (`sampler`/`sample_steps` attributes and `sampling_timesteps`).
+    """
+    import hydra
+    import torch
+
+    model = hydra.utils.instantiate(cfg.model)
+    if not all(hasattr(model, a) for a in ("sampler", "sample_steps", "sampling_timesteps")):
+        return {}
+    steps = len(model.sampling_timesteps)
+    guided = getattr(model, "num_classes", 0) and getattr(model, "guidance_scale", 1.0) != 1.0
+    recipe = {"sampler": model.sampler, "steps": steps, "nfe_per_image": steps * (2 if guided else 1)}
+    model.eval()
+    model.sampler, timings = "ddim", []
+    latents = model.sample_latents(batch, generator=torch.Generator().manual_seed(0))
+    labels = model.default_labels(batch) if hasattr(model, "default_labels") else None
+    for n_steps in (1, 3):
+        model.sample_steps = n_steps
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(latents, labels)
+        timings.append(time.perf_counter() - start)
+    per_step = max(timings[1] - timings[0], 1e-6) / 2 / batch  # one sampler step of one image (guidance included)
+    images = sampled_images(cfg)
+    plan = {**recipe, "s_per_step_per_image": round(per_step, 5), "images": images,
+            "projected_h": round(per_step * steps * images / 3600, 2)}
+    short = shortened_steps(per_step, steps, images, budget_h * 3600)
+    if short is not None:
+        plan["rehearsed_with"] = {"sampler": "ddim", "steps": short}
+    return plan
+
+
 def _run(command: list[str], log: Path) -> tuple[float, float]:
     """Run `command` with its output in `log`; (wall seconds, peak RSS in MiB of it and the ranks it waited for)."""
     start = time.monotonic()
@@ -153,7 +222,7 @@ def _run(command: list[str], log: Path) -> tuple[float, float]:
 
 
 def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | None = None,
-             n: int | None = None) -> Rehearsal:
+             n: int | None = None, sampling_budget_h: float = SAMPLING_BUDGET_H) -> Rehearsal:
     """Stand-in, training, resume and checks of one recipe; raises on any failure (the row says why)."""
     from genface.check import _world_size
     from genface.config import compose_train
@@ -175,6 +244,13 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         row.standin = f"{layout}, n={count}" + "".join(f", {k} {v}" for k, v in options.items())
     if standin is not None:
         extra.append(f"data.root={standin}")
+    row.sampling = sampling_plan(cfg, sampling_budget_h)
+    if "rehearsed_with" in row.sampling:
+        short = row.sampling["rehearsed_with"]
+        extra += ["model.sampler=ddim", f"model.sample_steps={short['steps']}", "model.eta=0"]
+        row.note = (f"sampled with DDIM-{short['steps']}: the recipe's {row.sampling['sampler']}-"
+                    f"{row.sampling['steps']} over {row.sampling['images']} images would take "
+                    f"{row.sampling['projected_h']:.0f} h here")
     out.mkdir(parents=True, exist_ok=True)
     run_dir, resume_dir = out / "run", out / "resume"
     for stale in (run_dir, resume_dir):  # a rehearsal proves what it writes itself
@@ -240,7 +316,8 @@ def _one(experiment: str, overrides: list[str], own: dict[str, str], out: Path) 
     try:
         row = rehearse(overrides, out, steps=int(own.get("steps", 2)),
                        standin=Path(own["standin"]) if own.get("standin") else None,
-                       n=int(own["n"]) if own.get("n") else None)
+                       n=int(own["n"]) if own.get("n") else None,
+                       sampling_budget_h=float(own.get("sampling_budget_h", SAMPLING_BUDGET_H)))
     except Exception as err:
         row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         print(f"genface rehearse {experiment}: FAILED: {err}", file=sys.stderr)
