@@ -1,5 +1,6 @@
-"""Latent diffusion: the frozen first stage, the latent scale, the contract, labels and CFG, denoising paths,
-latent pictures, checkpoints and configs."""
+"""Latent diffusion: the frozen first stage, the latent scale, the contract, labels and CFG, both flat-latent
+denoisers (residual MLP, conditional U-Net), denoising paths and per-class GIFs, latent pictures, checkpoints and
+configs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from genface.callbacks.denoising_path import DenoisingPath
 from genface.callbacks.latent_pictures import LatentPictures
 from genface.models import load_generative
 from genface.models.latent_diffusion import LatentDiffusion, class_grid, encode_dataset
-from genface.nets.latent_denoiser import LatentDenoiser
+from genface.nets.latent_denoiser import LatentDenoiser, LatentUNet
 from genface.viz.diffusion import path_strip
 from genface.viz.latents import latent_scatter, project_2d
 from helpers import StepRecorder, TinyImages, tiny_trainer
@@ -21,6 +23,13 @@ from test_vaegan import TinySmiling, ae_config, tiny_vaegan
 RES = 16
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3}
 MLP = {"_target_": "genface.nets.latent_denoiser.LatentDenoiser", "dim": 16, "hidden": 32, "num_blocks": 2}
+FLAT_UNET = {
+    "_target_": "genface.nets.latent_denoiser.LatentUNet",
+    "dim": 16,
+    "hidden": 8,
+    "mult": [1, 2],
+    "num_blocks": 1,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,6 +95,58 @@ def test_latent_denoiser_shapes_and_errors():
         net(torch.randn(3, 8), t)
     with pytest.raises(ValueError, match="built with num_classes=0"):
         LatentDenoiser(dim=16, hidden=8, num_blocks=1)(x, t, torch.zeros(3, dtype=torch.long))
+
+
+def test_latent_unet_shapes_errors_and_size():
+    net = LatentUNet(dim=16, hidden=8, mult=(1, 2, 4), num_blocks=2, num_classes=2)
+    x, t = torch.randn(3, 16), torch.tensor([0, 5, 99])
+    assert torch.equal(net(x, t, torch.tensor([0, 1, 2])), torch.zeros(3, 16))  # zero-initialised output
+    assert [m.out_features for m in net.widen] == [16, 32] and [m.out_features for m in net.narrow] == [8, 16]
+    with pytest.raises(ValueError, match=r"LatentUNet expects latents \(B, 16\)"):
+        net(torch.randn(3, 8), t)
+    with pytest.raises(ValueError, match="built with num_classes=0"):
+        LatentUNet(dim=16, hidden=8)(x, t, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="every mult must be >= 1"):
+        LatentUNet(dim=16, mult=(1, 0))
+    # the study's sizes (model=latent_diffusion_flat_unet, 2 classes): widths 256-512-1024, time features 256
+    study = LatentUNet(
+        dim=256, hidden=256, mult=(1, 2, 4), num_blocks=1, num_classes=2, dropout=0.1, time_dim=256
+    )
+    assert sum(p.numel() for p in study.parameters()) == 18_374_656
+
+
+def test_latent_unet_uses_its_skip_connections_time_and_label():
+    torch.manual_seed(0)
+    net = perturbed_net(LatentUNet(dim=16, hidden=8, mult=(1, 2), num_blocks=1, num_classes=2)).eval()
+    x, t = torch.randn(2, 16), torch.tensor([10, 10])
+    out = net(x, t, torch.tensor([0, 0]))
+    assert not torch.allclose(out, net(x, t, torch.tensor([1, 1])))
+    assert not torch.allclose(out, net(x, torch.tensor([90, 90]), torch.tensor([0, 0])))
+    out.sum().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in net.merge)
+
+
+def perturbed_net(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def test_latent_unet_denoiser_trains_and_generates_deterministically(ae_ckpts, tmp_path):
+    torch.manual_seed(0)
+    model = tiny_ldm(ae_ckpts["flat"], net=FLAT_UNET)
+    assert isinstance(model.net, LatentUNet) and model.net.num_classes == 2
+    before = [p.detach().clone() for p in model.net.parameters()]
+    _, rec = fit(model, tmp_path, steps=2)
+    assert np.isfinite(rec.rows[-1]["train/loss_step"])
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.net.parameters()))
+    z = model.sample_latents(3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0])
+    images = model.generate(z, labels)
+    assert images.shape == (3, 3, RES, RES) and images.abs().max() <= 1
+    assert torch.equal(images, model.generate(z, labels))
 
 
 # ----- first stage --------------------------------------------------------------------------------------
@@ -228,6 +289,35 @@ def test_projections_and_scatter(tmp_path):
         project_2d(latents, "umap")
 
 
+def test_denoising_path_writes_one_gif_per_class(ae_ckpts, tmp_path):
+    """The study's animation per class: 50 frames at 15 fps (GIF stores 60 ms), the same latents with label k; the
+    mixed-label strip and GIF stay."""
+    model = perturbed(tiny_ldm(ae_ckpts["flat"], sample_steps=50))
+    out = tmp_path / "s"
+    callback = DenoisingPath(n=2, columns=3, class_names=["Not Smiling", "Smiling"], dirpath=str(out))
+    fit(model, tmp_path, steps=1, callbacks=[callback])
+    assert (out / "path_epoch_0000.png").is_file() and (out / "path_epoch_0000.gif").is_file()
+    finals = []
+    for k in (0, 1):
+        with Image.open(out / f"path_class{k}_epoch_0000.gif") as gif:
+            assert gif.n_frames == 50
+            assert abs(gif.info["duration"] - 1000 / 15) <= 10
+            gif.seek(49)
+            finals.append(np.asarray(gif.convert("RGB")))
+    assert not np.array_equal(*finals)  # the label changes the samples
+    with pytest.raises(ValueError, match="has 1 names for 2 classes"):
+        DenoisingPath(class_names=["x"]).on_fit_start(None, model)
+    with pytest.raises(ValueError, match="gif_frames must be >= 2"):
+        DenoisingPath(gif_frames=1)
+
+
+def test_denoising_path_makes_no_class_gifs_for_unconditional_models(ae_ckpts, tmp_path):
+    model = tiny_ldm(ae_ckpts["flat"], num_classes=0)
+    fit(model, tmp_path, steps=1, callbacks=[DenoisingPath(n=2, columns=3, dirpath=str(tmp_path / "s"))])
+    assert (tmp_path / "s" / "path_epoch_0000.gif").is_file()
+    assert not list((tmp_path / "s").glob("path_class*"))
+
+
 def test_latent_pictures_callback(ae_ckpts, tmp_path):
     model = perturbed(tiny_ldm(ae_ckpts["flat"]))
     pictures = LatentPictures(
@@ -249,7 +339,10 @@ def test_latent_pictures_callback(ae_ckpts, tmp_path):
 
 
 # ----- configs ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["latent_diffusion", "latent_diffusion_tiny", "latent_diffusion_unet"])
+@pytest.mark.parametrize(
+    "name",
+    ["latent_diffusion", "latent_diffusion_tiny", "latent_diffusion_unet", "latent_diffusion_flat_unet"],
+)
 def test_model_configs_instantiate_without_a_first_stage(name, compose_train):
     model = instantiate(compose_train(f"model={name}").model)
     assert model.first_stage is None and not model.hparams.clip_x0
@@ -269,6 +362,11 @@ def test_synthfaces_pair_composes_into_a_trainable_model(ae_ckpts, compose_train
     assert model.num_classes == 2 and model.hparams.first_stage["latent_dim"] == 16
     seed = compose_train("experiment=latent_diffusion_smiling_celeba64", f"data.root={tmp_path}")
     assert seed.model.net.dim == 256 and seed.model.num_classes == 2
+    net = instantiate(seed.model.net, num_classes=seed.model.num_classes)
+    assert isinstance(net, LatentUNet) and sum(p.numel() for p in net.parameters()) == 18_374_656
+    assert seed.callbacks.denoising_path.class_names == ["Not Smiling", "Smiling"]
+    assert (seed.callbacks.denoising_path.gif_frames, seed.callbacks.denoising_path.fps) == (50, 15)
+    assert cfg.model.net._target_.endswith("LatentDenoiser")  # the CPU recipe keeps its residual MLP
 
 
 # ----- ground truth on synthfaces --------------------------------------------------------------------
@@ -313,7 +411,9 @@ def test_smiling_condition_is_honoured_on_synthfaces(compose_train, tmp_path):
             for name, x in (("real", test_x), ("reconstructed", vae.reconstruct(test_x)))
         }
 
-    stage_two = compose_train("experiment=latent_diffusion_synthfaces", *data, f"model.first_stage_ckpt={ae_ckpt}")
+    stage_two = compose_train(
+        "experiment=latent_diffusion_synthfaces", *data, f"model.first_stage_ckpt={ae_ckpt}"
+    )
     ldm = instantiate(stage_two.model)
     tiny_trainer(tmp_path / "ldm", max_epochs=40, limit_val_batches=0).fit(ldm, dm)
     ldm.eval()

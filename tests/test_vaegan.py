@@ -1,5 +1,6 @@
-"""VAE-GAN first stage: shapes, losses (KL warm-up, GAN switch, adaptive weight, centre, perceptual), training
-lowers the reconstruction error, validation metrics, reconstruction grids, checkpoints and configs."""
+"""VAE-GAN first stage: shapes (both decoders), losses (KL warm-up, GAN switch, epoch stages, adaptive weight also
+under a GradScaler, centre, perceptual), training lowers the reconstruction error, validation metrics,
+reconstruction grids, checkpoints and configs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 from genface.callbacks.reconstruction_grid import ReconstructionGrid
 from genface.losses import VGGPerceptual
 from genface.models import load_generative
-from genface.models.vaegan import VAEGAN, class_index
+from genface.models.vaegan import VAEGAN, class_index, stage_factor
 from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian
 from helpers import StepRecorder, TinyImages, tiny_trainer
 
@@ -103,6 +104,42 @@ def test_flat_and_spatial_latents_differ_only_in_the_heads():
     assert count(flat) - count(spatial) == flat_heads - spatial_heads
 
 
+def test_default_decoder_keeps_the_layout_of_earlier_checkpoints():
+    """upsample=interpolate (the default) builds the decoder every trained checkpoint has: same modules, same keys."""
+    net = instantiate(ae_config())
+    assert [type(m).__name__ for m in net.decoder] == [
+        "Linear", "Unflatten", "ResBlock", "AttentionBlock", "ResBlock", "ResBlock", "AttentionBlock", "ResBlock",
+        "AttentionBlock", "Upsample", "Conv2d", "ResBlock", "ResBlock", "GroupNorm", "SiLU", "Conv2d",
+    ]  # fmt: skip
+    keys = net.decoder.state_dict().keys()
+    assert len(keys) == 76
+    assert sorted({k.split(".")[0] for k in keys}, key=int) == [
+        "0", "2", "3", "4", "5", "6", "7", "8", "10", "11", "12", "13", "15",
+    ]  # fmt: skip
+    assert net.state_dict().keys() == instantiate(ae_config(upsample="interpolate")).state_dict().keys()
+
+
+def test_transposed_decoder_shapes_and_parameter_count():
+    """upsample=transposed: a 4x4 stride-2 ConvTranspose2d replaces nearest + 3x3 conv, 7·C² more weights each."""
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    net = instantiate(ae_config(upsample="transposed"))
+    kinds = [type(m).__name__ for m in net.decoder]
+    assert "ConvTranspose2d" in kinds and "Upsample" not in kinds
+    x = torch.rand(2, 3, RES, RES) * 2 - 1
+    assert net.decode(net.encode(x).mode()).shape == x.shape
+    assert net.last_layer is net.decoder[-1].weight
+    assert count(net) - count(instantiate(ae_config())) == 7 * 16**2  # one up-sampling at width 16
+    study = AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), latent_dim=256, upsample="transposed")
+    assert count(study) == 30_466_371  # vaegan_celeba64: up-samplings at widths 256, 256, 128
+    assert count(study) - count(AutoencoderKL(3, 64, 64, (1, 2, 4, 4), 1, (16,), latent_dim=256)) == 7 * (
+        256**2 + 256**2 + 128**2
+    )
+    with pytest.raises(
+        ValueError, match=r"autoencoder.upsample='bilinear' is not allowed; allowed: interpolate, transposed"
+    ):
+        AutoencoderKL(upsample="bilinear")
+
+
 def test_vaegan_errors():
     with pytest.raises(ValueError, match="resolution divisible by 2"):
         AutoencoderKL(resolution=18, channel_mult=(1, 2, 2))
@@ -171,6 +208,26 @@ def test_perceptual_is_off_without_weights_and_on_with_them(tmp_path):
         ({"center_weight": 1.0}, r"center_weight > 0 needs labelled classes"),
         ({"class_weight": 1.0, "num_classes": 1}, r"class_weight > 0 needs labelled classes"),
         ({"kl_weight": -1.0}, r"must be >= 0"),
+        (
+            {"stages": {"gan": 1, "perceptual": 2}},
+            r"model.stages.perceptual: unknown loss 'perceptual'; allowed: kl, class, center, gan",
+        ),
+        (
+            {"stages": {"kl": 2}, "kl_warmup_steps": 100},
+            r"model.stages.kl and model.kl_warmup_steps=100 both schedule",
+        ),
+        ({"stages": {"gan": 2}, "disc_start": 10}, r"set model.disc_start=0 to schedule it by epochs"),
+        (
+            {"stages": {"class": 2}},
+            r"model.stages.class schedules a loss that is off: set model.class_weight > 0",
+        ),
+        ({"stages": {"gan": 2}, "discriminator": None, "optimizer_d": None}, r"model.discriminator is null"),
+        (
+            {"stages": {"kl": {"start_epoch": 1, "ramp": 2}}},
+            r"model.stages.kl needs start_epoch and may have ramp_epochs",
+        ),
+        ({"stages": {"kl": -1}}, r"model.stages.kl: start_epoch and ramp_epochs must be integers >= 0"),
+        ({"stages": [{"kl": 1}]}, r"model.stages must map losses"),
     ],
 )
 def test_vaegan_config_errors(kw, match):
@@ -207,6 +264,92 @@ def test_adaptive_weight_is_the_gradient_norm_ratio():
     (g2,) = torch.autograd.grad(g_loss, w, retain_graph=True)
     expected = 0.5 * g1.norm() / (g2.norm() + 1e-4)
     assert torch.allclose(model.adaptive_weight(rec_loss, g_loss), expected)
+
+
+def test_stage_factor_switches_or_ramps_from_its_epoch():
+    assert [stage_factor(2, 0, e) for e in range(4)] == [0.0, 0.0, 1.0, 1.0]
+    assert [stage_factor(1, 4, e) for e in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_stages_switch_the_weights_on_at_their_epochs_and_log_them(tmp_path):
+    """Reconstruction alone in epoch 0, KL ramped in from epoch 1 over 2 epochs, class from 1, centre and GAN from 2:
+    the weights are 0 before their epoch and on from it (train/w_*), and D trains only once the GAN is on."""
+    stages = {"kl": {"start_epoch": 1, "ramp_epochs": 2}, "class": 1, "center": {"start_epoch": 2}, "gan": 2}
+    model = tiny_vaegan(
+        num_classes=2, class_weight=0.5, center_weight=0.1, kl_weight=0.1, kl_warmup_steps=0, disc_start=0,
+        stages=stages,
+    )  # fmt: skip
+    d_params = lambda: [p.detach().clone() for p in model.discriminator.parameters()]  # noqa: E731
+    d_before = d_params()
+    trainer, rec = fit(model, tmp_path, steps=1, max_epochs=2, dm=TinySmiling(n=32, resolution=RES))
+    assert all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+    assert not any("train/d_weight_step" in row for row in rec.rows)
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(model, TinySmiling(n=32, resolution=RES))  # resumes at epoch 2, where centre and GAN start
+    weights = [{k: row[f"train/w_{k}"] for k in ("kl", "class", "center", "gan")} for row in rec.rows]
+    assert weights == [
+        {"kl": 0.0, "class": 0.0, "center": 0.0, "gan": 0.0},
+        {"kl": pytest.approx(0.05), "class": 0.5, "center": 0.0, "gan": 0.0},
+        {"kl": pytest.approx(0.1), "class": 0.5, "center": pytest.approx(0.1), "gan": 1.0},
+    ]
+    assert "train/d_weight_step" in rec.rows[-1]
+    assert not all(torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+
+
+def test_default_schedule_is_by_steps_and_logged(tmp_path):
+    model = tiny_vaegan(kl_weight=0.1, kl_warmup_steps=2, disc_start=1)
+    assert model.stages == {} and model.hparams.stages is None
+    _, rec = fit(model, tmp_path, steps=3)
+    assert [row["train/w_kl"] for row in rec.rows] == pytest.approx([0.0, 0.05, 0.1])
+    assert [row["train/w_gan"] for row in rec.rows] == [0.0, 1.0, 1.0]
+    assert "train/w_class" not in rec.rows[0]  # no class head, no class weight
+
+
+def _losses(model: VAEGAN, x: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from genface.losses import generator_loss
+
+    rec = model.decode(model.encode(x).mode())
+    return k * model.reconstruction_loss(rec, x), k * generator_loss("hinge", model.discriminator(rec))
+
+
+def test_adaptive_weight_of_scaled_losses_equals_the_unscaled_one():
+    torch.manual_seed(0)
+    model = tiny_vaegan(disc_weight=0.5)
+    rec_loss, g_loss = _losses(model, torch.rand(2, 3, RES, RES) * 2 - 1, 1.0)
+    plain = model.adaptive_weight(rec_loss, g_loss)
+    assert plain > 0
+    for scale in (2.0**8, 2.0**16, torch.tensor(2.0**12)):
+        assert torch.allclose(model.adaptive_weight(rec_loss, g_loss, scale=scale), plain, rtol=1e-6)
+
+
+def test_adaptive_weight_under_float16_needs_the_grad_scaler_scale():
+    """Under float16 autocast small gradients underflow (here: losses x 1e-5, as for large images and batches, where
+    each pixel's gradient is tiny); taken of the losses times the GradScaler's scale, the weight matches float32."""
+    torch.manual_seed(0)
+    model = tiny_vaegan(disc_weight=1.0)
+    x = torch.rand(4, 3, RES, RES) * 2 - 1
+    reference = float(model.adaptive_weight(*_losses(model, x, 1e-5)))
+    with torch.autocast("cpu", dtype=torch.float16):
+        losses = _losses(model, x, 1e-5)
+        unscaled = float(model.adaptive_weight(*losses, scale=1.0))
+        scaled = float(model.adaptive_weight(*losses, scale=2.0**12))
+    assert scaled == pytest.approx(reference, rel=0.02)
+    assert abs(unscaled - reference) > 0.5 * reference
+
+
+def test_16_mixed_training_takes_the_adaptive_weight_with_the_scalers_scale(tmp_path):
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    model = tiny_vaegan(disc_start=0)
+    scales = []
+    adaptive = model.adaptive_weight
+    model.adaptive_weight = lambda r, g: scales.append(float(model.loss_scale())) or adaptive(r, g)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    _, rec = fit(model, tmp_path, steps=2, plugins=[plugin])
+    assert scales and scales[0] == 2.0**10
+    assert all(row["train/d_weight_step"] > 0 for row in rec.rows)
+    assert float(tiny_vaegan().loss_scale()) == 1.0  # no trainer, no scaler
 
 
 def test_gan_switches_on_at_disc_start(tmp_path):
@@ -330,3 +473,13 @@ def test_vaegan_celeba64_autoencoder_experiment(compose_train, tmp_path):
     assert cfg.callbacks.reconstruction_grid._target_.endswith("ReconstructionGrid")
     model = instantiate(cfg.model)
     assert model.latent_shape == (256,) and model.image_shape == (3, 64, 64)
+    assert model.stages == {"kl": (20, 20), "class": (40, 20), "center": (60, 20), "gan": (80, 0)}
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.autoencoder.decoder)
+    assert cfg.trainer.max_epochs > 80  # the GAN stage is reached
+
+
+def test_vaegan_synthfaces_keeps_its_step_schedule_and_decoder(compose_train):
+    """The CPU recipe's measured numbers came from the step schedule and the interpolating decoder."""
+    cfg = compose_train("experiment=vaegan_synthfaces")
+    assert cfg.model.stages is None and cfg.model.autoencoder.upsample == "interpolate"
+    assert (cfg.model.kl_warmup_steps, cfg.model.disc_start) == (300, 600)

@@ -36,7 +36,8 @@ class LatentDiffusion(DDPM):
         latent_scale: fixed factor for the latents; null measures 1/std on the first batch.
         sample_posterior: train on posterior samples (LDM) rather than posterior means.
         net: a `genface.nets.unet.UNet` config for spatial latents (in/out channels and resolution of the
-            latent), a `genface.nets.latent_denoiser.LatentDenoiser` (dim = latent size) for flat ones.
+            latent); for flat ones (dim = latent size) a `genface.nets.latent_denoiser.LatentDenoiser` (residual
+            MLP) or `LatentUNet` (the study's conditional U-Net over the vector).
         Everything else: as `genface.models.ddpm.DDPM`; clip_x0 defaults to off because scaled latents
             are not confined to [-1, 1].
     """
@@ -119,7 +120,7 @@ class LatentDiffusion(DDPM):
             raise ValueError(
                 f"model.net does not fit the first stage's latents of shape {self.latent_shape}: use a UNet with "
                 "in_channels = out_channels = C and resolution = H for spatial latents (C, H, W), or a "
-                f"LatentDenoiser with dim = D for flat latents (D,). ({err})"
+                f"LatentDenoiser or LatentUNet with dim = D for flat latents (D,). ({err})"
             ) from err
         if out.shape != z.shape:
             raise ValueError(

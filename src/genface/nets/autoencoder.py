@@ -3,7 +3,10 @@
 Encoder: residual blocks with self-attention at chosen resolutions, down-sampling between levels (the VAE-GAN latent-diffusion study,
 latent-diffusion's `Encoder`). The latent is either spatial, (z_channels, r, r) with r = resolution /
 2**(len(channel_mult) - 1) (latent-diffusion's f = 4 or 8), or flat, a `latent_dim`-vector from a linear
-layer on the flattened bottleneck (the VAE-GAN latent-diffusion study's 256-d latent). The decoder mirrors the encoder.
+layer on the flattened bottleneck (the VAE-GAN latent-diffusion study's 256-d latent). The decoder mirrors the encoder;
+it up-samples by nearest-neighbour interpolation + 3x3 convolution (latent-diffusion's `Decoder`, the default, the
+layout of every earlier checkpoint) or by a learned 4x4 stride-2 transposed convolution between the residual blocks
+(the VAE-GAN latent-diffusion study's decoder: "transposed convolutions with residual connections").
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from genface.nets.unet import AttentionBlock, group_count
+
+UPSAMPLERS = ("interpolate", "transposed")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -71,6 +76,8 @@ class AutoencoderKL(nn.Module):
         attention_resolutions: feature-map sides with a self-attention block.
         z_channels: channels of the spatial latent (ignored when `latent_dim` is set).
         latent_dim: if set, a flat latent of this size (the VAE-GAN latent-diffusion study: 256) instead of a spatial one.
+        upsample: how the decoder doubles the side: "interpolate" (nearest + 3x3 conv) or "transposed" (4x4
+            stride-2 ConvTranspose2d, the study's; 7·C² more weights per up-sampling at width C).
     """
 
     def __init__(
@@ -83,8 +90,13 @@ class AutoencoderKL(nn.Module):
         attention_resolutions: Sequence[int] = (16,),
         z_channels: int = 4,
         latent_dim: int | None = None,
+        upsample: str = "interpolate",
     ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLERS:
+            raise ValueError(
+                f"autoencoder.upsample={upsample!r} is not allowed; allowed: {', '.join(UPSAMPLERS)}"
+            )
         mult = tuple(channel_mult)
         factor = 2 ** (len(mult) - 1)
         if not mult or num_res_blocks < 1 or resolution % factor:
@@ -136,7 +148,11 @@ class AutoencoderKL(nn.Module):
                 if side in attention_resolutions:
                     dec.append(AttentionBlock(ch, 32))
             if level > 0:
-                dec += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+                dec += (
+                    [nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1)]
+                    if upsample == "transposed"
+                    else [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+                )
                 side *= 2
         dec += [_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)

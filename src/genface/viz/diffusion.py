@@ -43,7 +43,9 @@ def _check_path(path: Sequence[PathStep]) -> None:
         raise ValueError("the sampling path is empty")
     _, x_t, x0 = path[0]
     if x_t.ndim != 4 or x0.shape != x_t.shape:
-        raise ValueError(f"path steps must hold (t, x_t, x0) with x_t, x0 of shape (N, C, H, W), got {tuple(x_t.shape)}")
+        raise ValueError(
+            f"path steps must hold (t, x_t, x0) with x_t, x0 of shape (N, C, H, W), got {tuple(x_t.shape)}"
+        )
 
 
 def _header(texts: Sequence[str], cell: int, width: int) -> np.ndarray:
@@ -56,7 +58,9 @@ def _header(texts: Sequence[str], cell: int, width: int) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def path_strip(path: Sequence[PathStep], n_rows: int = 4, columns: int = 10, min_size: int = 64) -> np.ndarray:
+def path_strip(
+    path: Sequence[PathStep], n_rows: int = 4, columns: int = 10, min_size: int = 64
+) -> np.ndarray:
     """(H, W, 3) uint8: for each of the first `n_rows` samples, x_t over `columns` evenly spaced steps
     (upper row) and the network's predicted x0 at those steps (lower row); timesteps on top."""
     _check_path(path)
@@ -73,7 +77,9 @@ def path_strip(path: Sequence[PathStep], n_rows: int = 4, columns: int = 10, min
     return stack_rows([header, *rows], labels=["", *labels])
 
 
-def path_frames(path: Sequence[PathStep], n: int | None = None, max_frames: int = 60, min_size: int = 64) -> list[np.ndarray]:
+def path_frames(
+    path: Sequence[PathStep], n: int | None = None, max_frames: int = 60, min_size: int = 64
+) -> list[np.ndarray]:
     """Grids of x_t for the first `n` samples at up to `max_frames` evenly spaced steps, then the final
     images (the last step's x0)."""
     _check_path(path)
@@ -93,3 +99,36 @@ def path_gif(
     """A GIF of sampling (x_t frames, see `path_frames`) whose final images stay on screen for `hold` frames."""
     frames = path_frames(path, n=n, max_frames=max_frames)
     return save_gif(frames + [frames[-1]] * hold, out, duration=duration)
+
+
+def _caption(image: np.ndarray, text: str) -> np.ndarray:
+    """`image` (H, W, 3) uint8 under a white strip with `text` on the left."""
+    strip = Image.new("RGB", (image.shape[1], 14), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
+    return np.concatenate([np.asarray(strip), image], axis=0)
+
+
+def animation_gif(
+    path: Sequence[PathStep],
+    out: str | Path,
+    frames: int = 50,
+    fps: float = 15.0,
+    title: str = "",
+    n: int | None = None,
+    min_size: int = 64,
+) -> Path:
+    """The VAE-GAN latent-diffusion study's denoising animation: `frames` frames at `fps`, x_t of the first `n`
+    samples at `frames` - 1 evenly spaced steps (a path of fewer steps repeats some, and GIF readers merge the
+    repeats) and then the final images, each under a caption `title  t=...`. GIF delays are whole hundredths
+    of a second, so 15 fps is stored as 60 ms per frame."""
+    _check_path(path)
+    if frames < 2 or fps <= 0:
+        raise ValueError(f"an animation needs frames >= 2 and fps > 0, got frames={frames}, fps={fps}")
+    n = n or path[0][1].shape[0]
+    idx = np.linspace(0, len(path) - 1, frames - 1).round().astype(int)
+    prefix = f"{title}  " if title else ""
+    images = [
+        _caption(grid_image(_enlarge(path[k][1][:n], min_size)), f"{prefix}t={path[k][0]}") for k in idx
+    ]
+    images.append(_caption(grid_image(_enlarge(path[-1][2][:n], min_size)), f"{prefix}final"))
+    return save_gif(images, out, duration=1.0 / fps)
