@@ -57,7 +57,8 @@ from torch.utils.data import DataLoader
 
 from genface.callbacks.performance import Performance, to_channels_last
 from genface.config import compose_train
-from genface.data.base import CachedImageDataset, GlobalBatchLoaders
+from genface.data.base import GlobalBatchLoaders
+from genface.data.datasets import CachedImageDataset
 
 OUT = Path(__file__).parent / "out"
 WARMUP, TIMED = 3, 10  # DD-GAN's R1 runs every 10th batch: 10 timed batches hold exactly one

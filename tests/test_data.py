@@ -28,15 +28,9 @@ from genface.data import (
     SynthFacesDataModule,
 )
 from genface.data import mnist as mnist_module
-from genface.data.base import (
-    SPLITS,
-    CachedImageDataset,
-    FileImageDataset,
-    check_fractions,
-    decode_image,
-    natural_key,
-    split_indices,
-)
+from genface.data.datasets import CachedImageDataset, FileImageDataset
+from genface.data.images import decode_image, natural_key
+from genface.data.splits import SPLITS, check_fractions, split_indices
 from genface.metrics.scoring import ImageFolderDataset
 
 RES = 16

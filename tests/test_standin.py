@@ -25,7 +25,7 @@ from genface.data.layouts import (
     standin_labels,
     write_standin,
 )
-from genface.data.synthfaces import ATTRIBUTES, _face_rng, render_face, sample_attributes
+from genface.data.synthfaces import ATTRIBUTES, face_rng, render_face, sample_attributes
 from genface.standin import layout_first
 
 
@@ -34,7 +34,7 @@ def write(layout: str, out: Path, n: int, **kwargs) -> Path:
 
 
 def face(index: int, size: int, seed: int = 0) -> np.ndarray:
-    rng = _face_rng(seed, index)
+    rng = face_rng(seed, index)
     return render_face(sample_attributes(rng), rng, size)
 
 
@@ -60,7 +60,7 @@ def test_celeba_through_celeba_datamodule(tmp_path, compose_train):
     assert targets.shape == (counts[1], 40) and set(targets.unique().tolist()) <= {0.0, 1.0}
     # drawn columns are the renderer's truth; the centred 178 crop the loader takes is the rendered face
     names, files, values = read_attribute_file(root / "list_attr_celeba.txt")
-    rng = _face_rng(0, 0)
+    rng = face_rng(0, 0)
     truth = sample_attributes(rng)
     assert names == list(CELEBA_ATTRIBUTES) and files[0] == "000001.jpg"
     assert all(values[0, names.index(a)] == truth[a] for a in ATTRIBUTES)
@@ -75,7 +75,7 @@ def test_celeba_splits_and_filled_rates():
     n = 3000
     rows = []
     for i in range(n):
-        attrs = sample_attributes(_face_rng(0, i))
+        attrs = sample_attributes(face_rng(0, i))
         rows.append(standin_labels(attrs, 0, i))
     labels = np.array(rows) == 1
     column = {name: labels[:, CELEBA_ATTRIBUTES.index(name)] for name in CELEBA_ATTRIBUTES}
@@ -160,7 +160,7 @@ def test_imagefolder_through_imagefolder_datamodule(tmp_path, compose_train):
     dm.setup()
     assert sum(len(dm.split_dataset(s)) for s in ("train", "val", "test")) == 30
     male = {p.name for p in (root / "Male").iterdir()}
-    assert male == {f"{i + 1:06d}.png" for i in range(30) if sample_attributes(_face_rng(0, i))["Male"]}
+    assert male == {f"{i + 1:06d}.png" for i in range(30) if sample_attributes(face_rng(0, i))["Male"]}
     images, labels = first_batch(dm.val_dataloader())
     assert images.shape[1:] == (3, 32, 32) and set(labels.tolist()) <= {0, 1}
 
@@ -192,7 +192,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr("genface.data.layouts.render_face", broken)
+    monkeypatch.setattr("genface.data.synthfaces.writer.render_face", broken)
     with pytest.raises(RuntimeError, match="renderer broke"):
         write("celebahq", tmp_path / "hq", n=4, size=16)
     assert list(tmp_path.iterdir()) == []

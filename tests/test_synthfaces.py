@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genface.data.celeba import CELEBA_ATTRIBUTES
 from genface.data.synthfaces import (
     ATTRIBUTES,
-    CELEBA_ATTRIBUTES,
     HAIR_COLOURS,
     generate_synthfaces,
     is_complete,

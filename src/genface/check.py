@@ -364,7 +364,7 @@ def one_step(cfg: DictConfig, plan: Plan, datamodule: Any) -> Any:
     from hydra.utils import instantiate
     from torch.utils.data import DataLoader, Subset
 
-    from genface.data.base import SPLITS
+    from genface.data.splits import SPLITS
 
     try:
         model = instantiate(cfg.model)

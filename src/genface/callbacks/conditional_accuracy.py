@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from genface.data.labels import missing_names, name_indices
 from genface.metrics.scoring import generate_fake_batches, rank_share
 from genface.models.base import GenerativeModule
 
@@ -85,13 +86,13 @@ class ConditionalAccuracy(pl.Callback):
             raise ValueError(
                 f"classifier {self.classifier_path} predicts {classifier.label_kind} but the model is conditioned on {kind}"
             )
-        missing = [name for name in wanted if name not in names]
+        missing = missing_names(names, wanted)
         if missing:
             raise ValueError(
                 f"classifier {self.classifier_path} does not know {missing} (it predicts {names}); train it on the "
                 "same data as the generator"
             )
-        self._columns = torch.tensor([names.index(name) for name in wanted])
+        self._columns = torch.tensor(name_indices(names, wanted))
         classifier.eval().requires_grad_(False)
         return classifier
 

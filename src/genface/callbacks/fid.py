@@ -11,7 +11,8 @@ import pytorch_lightning as pl
 import torch
 from tqdm.auto import tqdm
 
-from genface.data.base import REAL_SPLITS, real_images
+from genface.data.base import real_images
+from genface.data.splits import REAL_SPLITS
 from genface.metrics.extractors import build_extractor
 from genface.metrics.fidkid import FIDKID
 from genface.metrics.scoring import generate_fake_batches, rank_share

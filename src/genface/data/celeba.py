@@ -10,15 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from genface.data.base import (
-    FileImageDataset,
-    ImageDataModule,
-    Split,
-    background_tag,
-    content_key,
-    make_dataset_id,
-    path_key,
-)
+from genface.data.base import ImageDataModule
+from genface.data.datasets import FileImageDataset
+from genface.data.ids import background_tag, content_key, make_dataset_id, path_key
+from genface.data.labels import missing_names, name_indices
+from genface.data.splits import Split
 
 #: The 40 attribute names of list_attr_celeba.txt, in file order.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -104,6 +100,28 @@ def read_attribute_file(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return names, files, positive.astype(np.uint8)
 
 
+def write_attribute_file(path: Path, files: Sequence[str], names: Sequence[str], labels: np.ndarray) -> None:
+    """Write a CelebA-style attribute file: the count, the attribute ``names``, then ``<file> -1  1 ...``
+    per image (``labels`` +1/-1, one row per file, two columns a value as CelebA's own file)."""
+    lines = [str(len(files)), " ".join(names)]
+    lines += [f"{file} " + " ".join(f"{v:2d}" for v in row) for file, row in zip(files, labels.tolist())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_partition_file(path: Path, files: Sequence[str], partition: Sequence[int]) -> None:
+    """Write ``<file name> <0|1|2>`` lines (train, val, test), as list_eval_partition.txt."""
+    path.write_text("".join(f"{file} {int(split)}\n" for file, split in zip(files, partition)))
+
+
+def write_celeba_lists(
+    root: Path, files: Sequence[str], labels: np.ndarray, partition: Sequence[int]
+) -> None:
+    """Write CelebA's two list files under ``root``: the 40 attributes (``labels`` +1/-1, CelebA's column order)
+    and the partition (0, 1, 2: train, val, test) of the image ``files``."""
+    write_attribute_file(root / ATTR_FILE, files, CELEBA_ATTRIBUTES, labels)
+    write_partition_file(root / PARTITION_FILE, files, partition)
+
+
 def read_partition_file(path: Path) -> list[tuple[str, Split]]:
     """``<file name> <0|1|2>`` lines (train, val, test) -> [(file name, split)] in file order."""
     out: list[tuple[str, Split]] = []
@@ -121,10 +139,10 @@ def reorder_columns(
     path: Path, names: Sequence[str], values: np.ndarray, wanted: Sequence[str]
 ) -> np.ndarray:
     """Columns of ``values`` (named ``names``) in the order of ``wanted``, which must all be present."""
-    lacking = [name for name in wanted if name not in names]
+    lacking = missing_names(names, wanted)
     if lacking:
         raise ValueError(f"{path}, line 2: attribute names {lacking} are missing from the header")
-    return values[:, [list(names).index(name) for name in wanted]]
+    return values[:, name_indices(names, wanted)]
 
 
 def select_attributes(available: Sequence[str], requested: Sequence[str] | None) -> list[str]:
@@ -168,7 +186,7 @@ class CelebADataModule(ImageDataModule):
         self.label_kind = "attributes"
         self.target_names = self._available_attributes()
         self.class_names = select_attributes(self.target_names, attributes)
-        self._columns = np.array([self.target_names.index(name) for name in self.class_names], dtype=np.int64)
+        self._columns = np.array(name_indices(self.target_names, self.class_names), dtype=np.int64)
         self._partitions: dict[Split, tuple[list[Path], np.ndarray]] | None = None
 
     @cached_property
@@ -181,7 +199,9 @@ class CelebADataModule(ImageDataModule):
             f"crop{self.crop}" if self.crop else "nocrop",
             *background_tag(self.background),
             key=path_key(self.root),
-            content=content_key(self.root / IMAGE_DIR, False, self.root / ATTR_FILE, self.root / PARTITION_FILE),
+            content=content_key(
+                self.root / IMAGE_DIR, False, self.root / ATTR_FILE, self.root / PARTITION_FILE
+            ),
         )
 
     def _available_attributes(self) -> list[str]:

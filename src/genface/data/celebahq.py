@@ -10,20 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from genface.data.base import (
-    FileImageDataset,
-    ImageDataModule,
-    Split,
-    background_tag,
-    check_fractions,
-    content_key,
-    fraction_tag,
-    list_images,
-    make_dataset_id,
-    natural_key,
-    path_key,
-    split_indices,
-)
+from genface.data.base import ImageDataModule
 from genface.data.celeba import (
     CELEBA_ATTRIBUTES,
     read_attribute_file,
@@ -31,6 +18,11 @@ from genface.data.celeba import (
     reorder_columns,
     select_attributes,
 )
+from genface.data.datasets import FileImageDataset
+from genface.data.ids import background_tag, content_key, make_dataset_id, path_key
+from genface.data.images import list_images, natural_key
+from genface.data.labels import name_indices
+from genface.data.splits import Split, check_fractions, fraction_tag, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +74,7 @@ class CelebAHQDataModule(ImageDataModule):
             is_file = self.attr_path.is_file()
             self.target_names = read_attribute_names(self.attr_path) if is_file else list(CELEBA_ATTRIBUTES)
         self.class_names = select_attributes(self.target_names, attributes) if self.attr_path else []
-        self._columns = np.array([self.target_names.index(name) for name in self.class_names], dtype=np.int64)
+        self._columns = np.array(name_indices(self.target_names, self.class_names), dtype=np.int64)
         self._splits: dict[Split, tuple[list[Path], np.ndarray]] | None = None
 
     @cached_property
@@ -136,7 +128,10 @@ class CelebAHQDataModule(ImageDataModule):
         else:
             log.info(
                 "data.subset=%d: %s holds no %d further images for val/test; they are lent from the training "
-                "images", n, self.root, n_val + n_test,
+                "images",
+                n,
+                self.root,
+                n_val + n_test,
             )
             rest = np.sort(np.random.default_rng(self.seed).permutation(n)[: n_val + n_test])
         return {"train": np.arange(n), "val": rest[:n_val], "test": rest[n_val:]}
@@ -146,9 +141,17 @@ class CelebAHQDataModule(ImageDataModule):
         splits = self._read_splits()
         rows = {path: target for paths, targets in splits.values() for path, target in zip(paths, targets)}
         paths = sorted(rows, key=lambda p: natural_key(p.name))
-        targets = np.stack([rows[p] for p in paths]) if paths else np.zeros((0, len(self.target_names)), np.uint8)
-        return FileImageDataset(paths, self._select_targets(targets), self.resolution, self.channels, crop="center",
-                                background=self.background)
+        targets = (
+            np.stack([rows[p] for p in paths]) if paths else np.zeros((0, len(self.target_names)), np.uint8)
+        )
+        return FileImageDataset(
+            paths,
+            self._select_targets(targets),
+            self.resolution,
+            self.channels,
+            crop="center",
+            background=self.background,
+        )
 
     def _read_targets(self, images: list[Path]) -> np.ndarray:
         """All-attribute targets in image order; every image needs a line in the attribute file."""
@@ -168,5 +171,6 @@ class CelebAHQDataModule(ImageDataModule):
 
     def _source_split(self, split: Split) -> FileImageDataset:
         paths, targets = self._read_splits()[split]
-        return FileImageDataset(paths, targets, self.resolution, self.channels, crop="center",
-                                background=self.background)
+        return FileImageDataset(
+            paths, targets, self.resolution, self.channels, crop="center", background=self.background
+        )

@@ -7,15 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from genface.data.base import (
-    ArrayImageDataset,
-    ImageDataModule,
-    Split,
-    check_fractions,
-    fraction_tag,
-    make_dataset_id,
-    split_indices,
-)
+from genface.data.base import ImageDataModule
+from genface.data.datasets import ArrayImageDataset
+from genface.data.ids import make_dataset_id
+from genface.data.splits import Split, check_fractions, fraction_tag, split_indices
 
 
 class DigitsDataModule(ImageDataModule):

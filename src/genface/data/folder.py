@@ -9,21 +9,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from genface.data.base import (
-    IMAGE_EXTENSIONS,
-    FileImageDataset,
-    ImageDataModule,
-    Split,
-    background_tag,
-    check_fractions,
-    content_key,
-    fraction_tag,
-    list_images,
-    make_dataset_id,
-    natural_key,
-    path_key,
-    split_indices,
-)
+from genface.data.base import ImageDataModule
+from genface.data.datasets import FileImageDataset
+from genface.data.ids import background_tag, content_key, make_dataset_id, path_key
+from genface.data.images import IMAGE_EXTENSIONS, list_images, natural_key
+from genface.data.labels import name_indices
+from genface.data.splits import Split, check_fractions, fraction_tag, split_indices
 
 _CROPS = {"center": "center", "none": None}
 
@@ -115,10 +106,8 @@ class ImageFolderDataModule(ImageDataModule):
                         f"labels=subfolders but {len(loose)} images lie directly in {self.root} (first: "
                         f"{loose[0].name}); move them into a class folder"
                     )
-                index_of = {name: i for i, name in enumerate(self.class_names)}
-                targets = np.array(
-                    [index_of[p.relative_to(self.root).parts[0]] for p in images], dtype=np.int64
-                )
+                classes = [p.relative_to(self.root).parts[0] for p in images]
+                targets = np.array(name_indices(self.class_names, classes), dtype=np.int64)
                 strata: np.ndarray | None = targets
             else:
                 targets = np.zeros((len(images), 0), dtype=np.uint8)
@@ -129,4 +118,6 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _source_split(self, split: Split) -> FileImageDataset:
         paths, targets = self._read_splits()[split]
-        return FileImageDataset(paths, targets, self.resolution, self.channels, _CROPS[self.crop], self.background)
+        return FileImageDataset(
+            paths, targets, self.resolution, self.channels, _CROPS[self.crop], self.background
+        )

@@ -14,10 +14,9 @@ of ``(seed, index, size)``, so a stand-in is byte-identical whatever the number 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,8 +25,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
-from genface.data.celeba import CELEBA_ATTRIBUTES
-from genface.data.synthfaces import ATTRIBUTES, _face_rng, render_face, sample_attributes
+from genface.data.celeba import CELEBA_ATTRIBUTES, IMAGE_DIR, write_attribute_file, write_celeba_lists
+from genface.data.synthfaces import ATTRIBUTES, face_rng
+from genface.data.synthfaces.writer import Saver, render_chunks, worker_count
 
 #: Images of CelebA's official train / val / test partitions (list_eval_partition.txt: 202,599 in all).
 CELEBA_SPLITS = (162_770, 19_867, 19_962)
@@ -50,9 +50,6 @@ CELEBA_POSITIVES = {
 }
 FILLED_RATES = {name: count / sum(CELEBA_SPLITS) for name, count in CELEBA_POSITIVES.items()}
 JPEG_QUALITY = 95
-
-#: Saves one rendered face: ``(index, uint8 (size, size, 3) image, its 40 labels in +1/-1)``.
-Saver = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -86,50 +83,19 @@ def standin_labels(attrs: dict[str, bool], seed: int, index: int) -> np.ndarray:
     return np.array([1 if values[name] else -1 for name in CELEBA_ATTRIBUTES], dtype=np.int8)
 
 
-def _write_attribute_file(path: Path, names: Sequence[str], labels: np.ndarray) -> None:
-    """CelebA's format: the count, the 40 names, then ``<file> -1  1 ...`` per image."""
-    lines = [str(len(names)), " ".join(CELEBA_ATTRIBUTES)]
-    lines += [f"{name} " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, labels.tolist())]
-    path.write_text("\n".join(lines) + "\n")
-
-
 # --------------------------------------------------------------------------------------- rendering
-def _render_chunk(job: tuple[Saver, int, int, int, int]) -> tuple[int, np.ndarray]:
-    """Worker: render and save faces ``start..stop-1``; return their labels."""
-    save, seed, size, start, stop = job
-    rows = np.empty((stop - start, len(CELEBA_ATTRIBUTES)), dtype=np.int8)
-    for index in range(start, stop):
-        rng = _face_rng(seed, index)
-        attrs = sample_attributes(rng)
-        rows[index - start] = standin_labels(attrs, seed, index)
-        save(index, render_face(attrs, rng, size), rows[index - start])
-    return start, rows
-
-
 def render_faces(
     n: int, seed: int, size: int, save: Saver, workers: int | None, progress: bool, desc: str
 ) -> np.ndarray:
     """Render faces ``0..n-1`` at ``size`` px, hand each to ``save`` (in the workers); labels (n, 40)."""
-    workers = min(2, os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1 (or null for up to 2), got {workers}")
+    workers = worker_count(workers)
     chunk = max(1, min(100, n // (8 * workers)))
-    jobs = [(save, seed, size, a, min(a + chunk, n)) for a in range(0, n, chunk)]
     labels = np.empty((n, len(CELEBA_ATTRIBUTES)), dtype=np.int8)
     with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
-        for start, rows in _run(jobs, workers):
+        for start, rows in render_chunks(n, seed, size, save, standin_labels, workers, chunk):
             labels[start : start + len(rows)] = rows
             bar.update(len(rows))
     return labels
-
-
-def _run(jobs: list[tuple[Saver, int, int, int, int]], workers: int) -> Iterator[tuple[int, np.ndarray]]:
-    if workers == 1 or len(jobs) == 1:
-        yield from map(_render_chunk, jobs)
-        return
-    # The platform's default start method (fork on Linux), as synthfaces: workers touch only numpy and PIL.
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield from pool.imap_unordered(_render_chunk, jobs)
 
 
 def _save_jpeg(path: Path, pixels: np.ndarray) -> None:
@@ -152,14 +118,12 @@ def write_celeba(
 ) -> None:
     """torchvision's CelebA layout: img_align_celeba/*.jpg, list_attr_celeba.txt, list_eval_partition.txt."""
     counts = split_counts(n, CELEBA_SPLITS)
-    image_dir = out / "img_align_celeba"
+    image_dir = out / IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
     save = partial(_save_celeba, image_dir)
     labels = render_faces(n, seed, CELEBA_SIZE[0], save, workers, progress, "standin celeba")
     names = [_celeba_name(i) for i in range(n)]
-    _write_attribute_file(out / "list_attr_celeba.txt", names, labels)
-    partition = np.repeat([0, 1, 2], counts)
-    (out / "list_eval_partition.txt").write_text("".join(f"{a} {p}\n" for a, p in zip(names, partition)))
+    write_celeba_lists(out, names, labels, np.repeat([0, 1, 2], counts))
 
 
 # ---------------------------------------------------------------------------------------- celebahq
@@ -179,7 +143,8 @@ def write_celebahq(
     """CelebA-HQ: 0.jpg ... (size x size) and CelebAMask-HQ-attribute-anno.txt."""
     out.mkdir(parents=True, exist_ok=True)
     labels = render_faces(n, seed, size, partial(_save_numbered, out), workers, progress, "standin celebahq")
-    _write_attribute_file(out / "CelebAMask-HQ-attribute-anno.txt", [f"{i}.jpg" for i in range(n)], labels)
+    names = [f"{i}.jpg" for i in range(n)]
+    write_attribute_file(out / "CelebAMask-HQ-attribute-anno.txt", names, CELEBA_ATTRIBUTES, labels)
 
 
 # ----------------------------------------------------------------------------------------- facades
@@ -238,7 +203,7 @@ def mnist_digit(images: np.ndarray, targets: np.ndarray, seed: int, index: int) 
     MNIST-like framing: about 20 px tall, centred, ink 255 on 0; a random rotation (+-12 degrees), scale
     (0.85-1.1) and shift (+-1.5 px) per image, so n > 1797 does not repeat pixels.
     """
-    rng = _face_rng(seed, index)
+    rng = face_rng(seed, index)
     k = int(rng.integers(len(targets)))
     angle, scale = np.deg2rad(rng.uniform(-12, 12)), 2.5 * rng.uniform(0.85, 1.1)
     cx, cy = 14 + rng.uniform(-1.5, 1.5, 2)

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from genface.data.base import ArrayImageDataset, ImageDataModule, Split, make_dataset_id, path_key
+from genface.data.base import ImageDataModule
+from genface.data.datasets import ArrayImageDataset
+from genface.data.ids import make_dataset_id, path_key
+from genface.data.splits import Split
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -30,17 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from genface.data.base import (
-    SPLITS,
-    GlobalBatchLoaders,
-    ImageDataModule,
-    Split,
-    _open_image,
-    list_images,
-    make_dataset_id,
-    path_key,
-    to_pixels,
-)
+from genface.data.base import GlobalBatchLoaders, ImageDataModule
+from genface.data.ids import make_dataset_id, path_key
+from genface.data.images import list_images, open_image, to_pixels
+from genface.data.splits import SPLITS, Split
 
 PairedTask = Literal["edges2face", "gray2color", "masked2face", "lowres2face"]
 PAIRED_TASKS: tuple[str, ...] = ("edges2face", "gray2color", "masked2face", "lowres2face")
@@ -109,7 +102,12 @@ class DerivedPairs(Dataset[Pair]):
         if task not in PAIRED_TASKS:
             raise ValueError(f"data.task={task!r} is not a paired task; allowed: {', '.join(PAIRED_TASKS)}")
         self.images, self.task = images, task
-        self.edge_threshold, self.scale, self.seed, self.random_masks = edge_threshold, scale, seed, random_masks
+        self.edge_threshold, self.scale, self.seed, self.random_masks = (
+            edge_threshold,
+            scale,
+            seed,
+            random_masks,
+        )
 
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
@@ -121,7 +119,9 @@ class DerivedPairs(Dataset[Pair]):
             return luminance(image)
         if self.task == "lowres2face":
             return low_resolution(image, self.scale)
-        generator = None if self.random_masks else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        generator = (
+            None if self.random_masks else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        )
         return masked(image, generator)
 
     def __getitem__(self, index: int) -> Pair:
@@ -162,7 +162,12 @@ class PairedFolderDataset(Dataset[Pair]):
         load_size: int | None = None,
         hflip: bool = False,
     ) -> None:
-        self.paths, self.resolution, self.channels, self.source_channels = paths, resolution, channels, source_channels
+        self.paths, self.resolution, self.channels, self.source_channels = (
+            paths,
+            resolution,
+            channels,
+            source_channels,
+        )
         self.direction, self.load_size, self.hflip = direction, load_size, hflip
 
     def __len__(self) -> int:
@@ -171,7 +176,7 @@ class PairedFolderDataset(Dataset[Pair]):
     def __getitem__(self, index: int) -> Pair:
         path = self.paths[index]
         size = self.load_size or self.resolution
-        with _open_image(path) as img:
+        with open_image(path) as img:
             w, h = img.size
             if w < 2:
                 raise ValueError(f"{path} is {w}x{h}: an AB image needs source and target side by side")
@@ -256,11 +261,19 @@ class PairedFolderDataModule(PairedDataModule):
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"data.direction must be 'AtoB' or 'BtoA', got {direction!r}")
         if channels not in (1, 3) or source_channels not in (1, 3):
-            raise ValueError(f"data.channels and data.source_channels must be 1 or 3, got {channels}, {source_channels}")
+            raise ValueError(
+                f"data.channels and data.source_channels must be 1 or 3, got {channels}, {source_channels}"
+            )
         if load_size is not None and load_size < resolution:
-            raise ValueError(f"data.load_size={load_size} must be >= data.resolution={resolution} (or null: no jitter)")
+            raise ValueError(
+                f"data.load_size={load_size} must be >= data.resolution={resolution} (or null: no jitter)"
+            )
         self.root = Path(root).expanduser()
-        self.resolution, self.channels, self.source_channels = int(resolution), int(channels), int(source_channels)
+        self.resolution, self.channels, self.source_channels = (
+            int(resolution),
+            int(channels),
+            int(source_channels),
+        )
         self.direction, self.load_size, self.hflip = direction, load_size, hflip
         self.dataset_id = make_dataset_id(
             f"pairs-{self.root.name}", self.resolution, self.channels, direction, key=path_key(self.root)
@@ -316,7 +329,9 @@ class DerivedPairsDataModule(PairedDataModule):
             raise ValueError(f"data.task={task!r} is not a paired task; allowed: {', '.join(PAIRED_TASKS)}")
         for name, value in (("resolution", resolution), ("channels", channels)):
             if value is not None and int(value) != getattr(base, name):
-                raise ValueError(f"data.{name}={value} but the base DataModule has {name} {getattr(base, name)}")
+                raise ValueError(
+                    f"data.{name}={value} but the base DataModule has {name} {getattr(base, name)}"
+                )
         if task == "gray2color" and base.channels != 3:
             raise ValueError("data.task=gray2color needs colour targets: data.channels=3")
         if task == "lowres2face" and (scale < 2 or base.resolution % scale):
@@ -352,4 +367,3 @@ class DerivedPairsDataModule(PairedDataModule):
             seed=self.seed,
             random_masks=augment,
         )
-

@@ -17,29 +17,28 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from genface.data.base import flatten_image
+from genface.data.images import IMAGE_EXTENSIONS, flatten_image, list_images
 from genface.metrics.extractors import FeatureExtractor
 from genface.metrics.fidkid import FIDKID
 from genface.metrics.stats import RealStats, compute_real_stats, load_or_compute_real_stats, stack_images
 from genface.models.base import GenerativeModule
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
 
 class ImageFolderDataset(Dataset):
-    """PNG/JPEG images under `root` (recursively, sorted by path) as RGB float (3, H, W) in [-1, 1].
+    """The images under `root` (recursively, sorted by path) as RGB float (3, H, W) in [-1, 1].
 
-    Decoded like the training data (:func:`genface.data.base.flatten_image`): 16-bit grey scaled to 8 bits,
-    transparency composited on white.
+    Found and decoded like the training data (:func:`genface.data.images.list_images`, the same extensions,
+    hidden files and folders skipped; :func:`genface.data.images.flatten_image`: 16-bit grey scaled to 8
+    bits, transparency composited on white).
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = list_images(self.root, recursive=True, order="path")
         if not self.files:
-            raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {self.root}")
+            raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.root}")
         self.size = self._open(self.files[0]).size
 
     @staticmethod
@@ -98,8 +97,13 @@ def generate_fake_batches(
 
 
 def _real_stats(
-    real: str | Path | Dataset, extractor: FeatureExtractor, n_real: int | None, batch_size: int,
-    cache_dir: str | Path | None, progress: bool, real_id: str | None,
+    real: str | Path | Dataset,
+    extractor: FeatureExtractor,
+    n_real: int | None,
+    batch_size: int,
+    cache_dir: str | Path | None,
+    progress: bool,
+    real_id: str | None,
 ) -> RealStats:
     if isinstance(real, (str, Path)):
         dataset: Dataset = ImageFolderDataset(real)
@@ -110,7 +114,9 @@ def _real_stats(
     if cache_dir is None:
         return compute_real_stats(extractor, dataset, n, batch_size, progress)
     if real_id is None:
-        raise ValueError("caching the statistics of a Dataset needs `real_id` (a name that identifies its content)")
+        raise ValueError(
+            "caching the statistics of a Dataset needs `real_id` (a name that identifies its content)"
+        )
     return load_or_compute_real_stats(extractor, dataset, real_id, "all", n, cache_dir, batch_size, progress)
 
 
@@ -183,6 +189,8 @@ def evaluate_generator(
     metric.set_real(real_stats)
     batches = generate_fake_batches(model, n_fake, batch_size, seed)
     total = -(-n_fake // batch_size)
-    for images in tqdm(batches, total=total, desc=f"generate + features ({extractor.name})", disable=not progress):
+    for images in tqdm(
+        batches, total=total, desc=f"generate + features ({extractor.name})", disable=not progress
+    ):
         metric.update(images)
     return {**_result(metric, real_stats), "sampling": model.sampling_protocol}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from genface.data.base import make_dataset_id, path_key
 from genface.data.celeba import CelebADataModule
+from genface.data.ids import make_dataset_id, path_key
 
 
 class SynthFacesDataModule(CelebADataModule):
@@ -13,6 +13,10 @@ class SynthFacesDataModule(CelebADataModule):
 
     Rendering happens in :meth:`prepare_data` (rank 0 under a Trainer) or on the first
     ``split_dataset`` call without a Trainer; an already complete folder is reused.
+
+    The renderer's names (``ATTRIBUTES``, ``VERSION``, ``is_complete``, ``generate_synthfaces``) are looked
+    up in :mod:`genface.data.synthfaces` when they are needed, so that a stand-in renderer put in its place
+    (the tests' fake, which writes a tiny folder at once) is the one used.
 
     Args:
         root: folder the faces are written to (and read from).
@@ -31,7 +35,6 @@ class SynthFacesDataModule(CelebADataModule):
         attributes: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        # Imported lazily: building genface.data should not load the renderer module.
         from genface.data.synthfaces import ATTRIBUTES, VERSION
 
         if attributes is None:
