@@ -11,6 +11,7 @@ from genface.config import compose_train
 from genface.rehearse import (
     NEEDS,
     REAL_DATA,
+    SMALL_MACHINE_BATCH,
     Rehearsal,
     append_row,
     layout_of,
@@ -95,7 +96,7 @@ def test_dress_rehearsal(experiment, tmp_path, tmp_path_factory):
         first = rehearse(["experiment=vaegan_celeba64", *overrides[1:]], tmp_path / "vaegan_celeba64")
         assert first.status == "passed"
         overrides.append(NEEDS[experiment].format(root=tmp_path))
-    row = rehearse(overrides, tmp_path / "rehearsal")
+    row = rehearse(overrides, tmp_path / "rehearsal", batch=SMALL_MACHINE_BATCH.get(experiment))
     assert row.status == "passed"
     assert "checkpoints/last.ckpt" in row.wrote
 
