@@ -1,9 +1,11 @@
-"""Sampling cost per image and network evaluations (NFE): DDPM (1000), DDIM (50, 10), DD-GAN (T=2, T=4).
+"""Sampling cost per image and network evaluations (NFE): DDPM (1000), DDIM (50, 10), DPM-Solver++ (20, 10),
+DD-GAN (T=2, T=4).
 
 DD-GAN's claim (Xiao et al. 2022; the DD-GAN latent-analysis study) is that a GAN per denoising step lets a handful of large
 steps replace DDPM's thousand small ones. This builds, from the shipped configs and in one session on one
 device, a pixel DDPM and DD-GAN generators at the same resolution with the same U-Net width (base channels,
-channel multipliers and ResBlocks per level), and measures per image:
+channel multipliers and ResBlocks per level), and measures per image, for DDPM's own samplers and diffusers'
+DPM-Solver++(2M) (`model.sampler=dpmpp_2m`) on the same net:
 
 - NFE: network forward passes per sample, counted with a forward hook (not assumed);
 - seconds per image of the whole sampler (best of `--repeats`, DDPM-1000 once: it is the slow baseline);
@@ -111,10 +113,10 @@ def main() -> None:
     ddpm = build("ddpm", preset, "model.schedule.T=1000").to(device).eval()
     ddpm_params = sum(p.numel() for p in ddpm.net.parameters())
     x_T = ddpm.sample_latents(args.batch, generator=gen)
-    for steps in (50, 10):
-        ddpm.sample_steps = steps
-        rows[f"ddim_{steps}"] = measure(
-            f"DDIM {steps}", ddpm.net, ddpm_params, lambda: ddpm.generate(x_T), args.batch, args.repeats, sync
+    for sampler, steps in (("ddim", 50), ("ddim", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 10)):
+        ddpm.sampler, ddpm.sample_steps = sampler, steps
+        rows[f"{sampler}_{steps}"] = measure(
+            f"{sampler} {steps}", ddpm.net, ddpm_params, lambda: ddpm.generate(x_T), args.batch, args.repeats, sync
         )
     ddpm.sampler = "ancestral"
     rows["ddpm_1000"] = measure("DDPM 1000", ddpm.net, ddpm_params, lambda: ddpm.generate(x_T), args.batch, 1, sync)

@@ -115,7 +115,7 @@ def test_group_rule_does_not_change_the_parameter_count() -> None:
     assert _params(UNet(**TINY, min_channels_per_group=4)) == _params(UNet(**TINY)) == 190_947
 
 
-@pytest.mark.parametrize("experiment", ["ddpm_synthfaces", "ddpm_unet2d_mnist", "ddpm_dlstudio_celeba64"])
+@pytest.mark.parametrize("experiment", ["ddpm_synthfaces", "ddpm_dlstudio_celeba64"])
 def test_shipped_ddpm_recipes_use_groups_of_four_channels(compose_train, experiment: str) -> None:
     net = compose_train(f"experiment={experiment}").model.net
     assert net.min_channels_per_group == 4 and net.get("num_groups", 32) == 32

@@ -6,11 +6,14 @@ configured `sampler` from x_T = the latent reshaped to an image:
 - "ddim" (Song et al. 2021): `sample_steps` steps. With η = 0 (the default) the latent is the whole
   randomness of a sample, which latent directions and edits rely on.
 - "ancestral": DDPM's sampler over all T steps of the posterior (Ho et al. 2020).
+- a diffusers scheduler by name (`genface.diffusion.diffusers_schedulers.SCHEDULERS`: dpmpp_2m, unipc,
+  deis, euler, heun, euler_ancestral, ddpm) in `sample_steps` steps, configured from this model's schedule
+  and prediction type, with genface's x0 clipping and guidance.
 
 The Generative contract wants `generate` deterministic in its inputs, so the per-step noise of the
-stochastic samplers (ancestral, DDIM with η > 0) comes from a generator seeded by a hash of each latent
-(`genface.diffusion.latent_generators`) rather than from T x C x H x W more latent values.
-`sampling_protocol` says which sampler made the samples.
+stochastic samplers (ancestral, DDIM with η > 0, euler_ancestral, ddpm) comes from a generator seeded by a
+hash of each latent (`genface.diffusion.latent_generators`) rather than from T x C x H x W more latent
+values. `sampling_protocol` says which sampler made the samples.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ from genface.diffusion import (
     q_sample,
     target_for,
 )
+from genface.diffusion.diffusers_schedulers import (
+    SCHEDULERS,
+    STOCHASTIC,
+    diffusers_sample,
+    scheduler_timesteps,
+)
 from genface.models.base import GenerativeModule
 
 LOSSES = ("l2", "l1")
-SAMPLERS = ("ancestral", "ddim")
+#: genface's own samplers, then diffusers' schedulers by name.
+SAMPLERS = ("ancestral", "ddim", *SCHEDULERS)
 #: One step of a sampling path: (timestep t, x_t fed to the network, its predicted x0), CPU tensors.
 PathStep = tuple[int, Tensor, Tensor]
 
@@ -46,10 +56,12 @@ PathStep = tuple[int, Tensor, Tensor]
 class DDPM(GenerativeModule):
     """Denoising diffusion probabilistic model (Ho et al. 2020) with optional classifier-free guidance.
 
-    `net` (a `genface.nets.unet.UNet` config), `optimizer` and `scheduler` are Hydra configs (plain dicts)
-    so that `load_from_checkpoint` rebuilds the model from its hyper-parameters. `num_classes` is the one
-    source of truth for conditioning: it is passed to the UNet, whose class index `num_classes` is the
-    null label that `p_uncond` of the training labels are replaced with (Ho & Salimans 2022).
+    `net` (a `genface.nets.unet.UNet` or `genface.nets.diffusers_unet.DiffusersUNet` config), `optimizer` and
+    `scheduler` are Hydra configs (plain dicts) so that `load_from_checkpoint` rebuilds the model from its
+    hyper-parameters; a net started from `pretrained` weights is recorded by its architecture instead, so
+    that checkpoints rebuild without the folder. `num_classes` is the one source of truth for conditioning:
+    it is passed to the net, whose class index `num_classes` is the null label that `p_uncond` of the
+    training labels are replaced with (Ho & Salimans 2022).
 
     Sampling settings (`sampler`, `sample_steps`, `eta`, `guidance_scale`) are plain attributes, so they
     can be changed on a loaded model without retraining; checkpoints keep their current values.
@@ -93,6 +105,8 @@ class DDPM(GenerativeModule):
         except TypeError as err:
             raise ValueError(f"model.schedule must hold `kind` and `T` (and schedule options), got {schedule}") from err
         self.net = instantiate(net, num_classes=num_classes)
+        if net.get("pretrained"):  # the weights travel in this model's checkpoints, not in the folder
+            self.hparams["net"] = self.net.architecture()
         self.sampler, self.sample_steps, self.eta, self.guidance_scale = sampler, sample_steps, eta, guidance_scale
         self._check_sampling()
         if ema_decay:
@@ -138,13 +152,28 @@ class DDPM(GenerativeModule):
 
     @property
     def sampling_timesteps(self) -> list[int]:
-        """The timesteps the configured sampler visits, descending: all T (ancestral) or DDIM's `sample_steps`."""
+        """The timesteps at which the configured sampler runs the network, in order: all T (ancestral), DDIM's
+        `sample_steps`, or a diffusers scheduler's (heun visits most of them twice)."""
         T = self.schedule.num_timesteps
-        return list(range(T - 1, -1, -1)) if self.sampler == "ancestral" else ddim_timesteps(T, self.sample_steps)
+        if self.sampler == "ancestral":
+            return list(range(T - 1, -1, -1))
+        if self.sampler == "ddim":
+            return ddim_timesteps(T, self.sample_steps)
+        return scheduler_timesteps(self.sampler, self.schedule, self.hparams.pred_type, self.sample_steps)
 
     @property
     def sampling_protocol(self) -> dict[str, Any]:
-        protocol: dict[str, Any] = {"sampler": self.sampler, "steps": len(self.sampling_timesteps)}
+        """Sampler and steps; for a diffusers scheduler also its class and the network evaluations per image."""
+        if self.sampler in SCHEDULERS:
+            protocol: dict[str, Any] = {
+                "sampler": self.sampler,
+                "steps": self.sample_steps,
+                "scheduler": f"diffusers.{SCHEDULERS[self.sampler][0].__name__}",
+                "nfe": len(self.sampling_timesteps),
+                "timestep_spacing": "trailing",
+            }
+        else:
+            protocol = {"sampler": self.sampler, "steps": len(self.sampling_timesteps)}
         if self.sampler == "ddim":
             protocol["eta"] = self.eta
         if self.num_classes:
@@ -157,13 +186,15 @@ class DDPM(GenerativeModule):
         self._check_sampling()
         x_T = latents.reshape(-1, *self.diffusion_shape)
         model_fn = self._model_fn(self._class_index(labels))
-        stochastic = self.sampler == "ancestral" or self.eta > 0
+        stochastic = self.sampler in ("ancestral", *STOCHASTIC) or (self.sampler == "ddim" and self.eta > 0)
         common = dict(
             pred_type=self.hparams.pred_type, clip_x0=self.hparams.clip_x0,
             generator=latent_generators(latents) if stochastic else None, **kw,
         )  # fmt: skip
         if self.sampler == "ancestral":
             return ddpm_sample(model_fn, self.schedule, x_T, **common)
+        if self.sampler in SCHEDULERS:
+            return diffusers_sample(model_fn, self.schedule, x_T, self.sampler, self.sample_steps, **common)
         return ddim_sample(model_fn, self.schedule, x_T, steps=self.sample_steps, eta=self.eta, **common)
 
     def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
