@@ -172,16 +172,9 @@ class Bench:
 
     def compose(self, family: str, *extra: str) -> DictConfig:
         recipe, overrides = RECIPES[family]
-        cfg = compose_train([f"experiment={recipe}", f"paths.log_dir={self.tmp}/logs", *overrides, *extra])
-        if self.quick:  # toy sizes: the project's own smoke shrinking (narrow nets, <= 32 px, batch 4, T <= 50)
-            from genface.smoke import apply_smoke
-
-            with open_dict(cfg):
-                cfg.smoke = True
-                cfg.data.batch_size = 4
-            logging.getLogger("genface.smoke").setLevel(logging.WARNING)
-            apply_smoke(cfg)
-        return cfg
+        # --quick: toy sizes by the project's own debug=smoke overlays (narrow nets, 32 px, T 50), batch 4
+        quick = ["debug=smoke", "data.batch_size=4"] if self.quick else []
+        return compose_train([f"experiment={recipe}", f"paths.log_dir={self.tmp}/logs", *overrides, *quick, *extra])
 
     def build(self, family: str, cfg: DictConfig) -> pl.LightningModule:
         if family == "latent_diffusion" and cfg.model.get("first_stage") is None:

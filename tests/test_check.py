@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from genface.check import PreflightError, preflight
-from genface.smoke import apply_smoke
 from test_train import TINY
 
 #: TINY without its CPU pin, so that trainer=gpu keeps asking for a GPU
@@ -20,10 +19,7 @@ ON_GPU = (*(a for a in TINY if not a.startswith("trainer.accelerator")), "traine
 
 
 def _plan(compose_train, *overrides, step=False):
-    cfg = compose_train(*overrides)
-    if cfg.get("smoke"):
-        apply_smoke(cfg)
-    return preflight(cfg, step=step)
+    return preflight(compose_train(*overrides), step=step)
 
 
 def _faces(root, n=20, size=24):
@@ -96,7 +92,6 @@ def test_unwritable_output_is_found(compose_train, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     cfg = compose_train("experiment=dcgan_synthfaces", "debug=smoke")
-    apply_smoke(cfg)
     cfg.paths.output_dir = str(blocker / "logs" / "run")
     plan = preflight(cfg, step=False)
     (problem,) = plan.problems

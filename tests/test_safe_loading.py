@@ -22,6 +22,7 @@ from genface.losses import VGGPerceptual
 from genface.metrics.extractors import ClassifierExtractor, InceptionExtractor, build_extractor
 from genface.models import load_module
 from genface.models.dcgan import DCGAN
+from genface.models.latent_diffusion import LatentDiffusion
 from genface.nets.resnet import load_pretrained, resnet18
 from genface.safe_load import (
     TRUSTED_MODULES_ENV,
@@ -30,7 +31,6 @@ from genface.safe_load import (
     resolve_target,
     safe_load,
 )
-from genface.smoke import _first_stage_shape
 from helpers import FAMILY_EXPERIMENTS, TinyImages, tiny_trainer
 
 OPT = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
@@ -84,7 +84,7 @@ def test_a_pickle_that_runs_a_command_is_refused_by_every_loader(genuine, tmp_pa
         "inception weights": lambda: build_extractor("inception", str(evil)),
         "resnet weights": lambda: load_pretrained(resnet18(num_outputs=3), evil),
         "perceptual weights": lambda: VGGPerceptual(evil),
-        "smoke's first stage": lambda: _first_stage_shape(str(evil)),
+        "latent diffusion's first stage": lambda: LatentDiffusion._load_first_stage(str(evil)),
     }
     for name, load in loaders.items():
         with pytest.raises(UnsafeCheckpointError) as err:

@@ -24,6 +24,7 @@ from genface.analysis.rejection import parse_condition, rejection_sample, write_
 from genface.analysis.sampling import Samples, load_samples, sample_to_disk
 from genface.analysis.tables import write_report_index, write_text
 from genface.config import CONF_PATH
+from genface.launch import positional_task
 from genface.models import load_generative
 from genface.models.base import GenerativeModule
 from genface.models.classifier import Classifier, load_classifier
@@ -312,8 +313,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`genface analyze directions ...` is `task=directions`: the task may come first, without a key."""
-    if len(sys.argv) > 1 and sys.argv[1] in TASKS:
-        sys.argv[1] = f"task={sys.argv[1]}"
+    sys.argv = positional_task(sys.argv, "task", TASKS)
     _app()
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genface.config import compose_train, instantiate_group
+from genface.config import compose_train, instantiate_group, require_smoke_overlay
 from genface.safe_load import checkpoint_class
 
 #: Extractors whose feature size is known without loading them (the low-N rule compares N with it).
@@ -486,10 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     cfg = compose_train(args)
-    from genface.smoke import apply_smoke  # debug=smoke shrinks the recipe exactly as `genface train` does
-
-    if cfg.get("smoke"):
-        apply_smoke(cfg)
+    require_smoke_overlay(cfg)
     plan = preflight(cfg)
     print(plan.report())
     raise SystemExit(2 if plan.problems else 0)

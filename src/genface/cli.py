@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+from genface.launch import command_of, hand_over
+
 COMMANDS = {
     "train": ("genface.train", "fit a model: genface train experiment=dcgan_synthfaces"),
     "check": ("genface.check", "preflight of a recipe, no training: genface check experiment=NAME data.root=DIR"),
@@ -16,10 +18,9 @@ COMMANDS = {
     "analyze": ("genface.analyze", "latent directions and edits: genface analyze all generator=G classifier=C"),
     "prepare": ("genface.prepare", "decode a dataset once into the array cache: genface prepare data=celeba"),
     "runs": ("genface.runs", "a table and plot of a run, multirun or study: genface runs DIR"),
+    "export": ("genface.export", "a checkpoint as a diffusers DDPMPipeline folder: genface export ckpt=PATH out=DIR"),
     "sweep-wandb": ("genface.sweeps", "a `wandb sweep` YAML from a search: genface sweep-wandb hparams_search=dcgan ..."),
 }
-# DDP re-launches this process per rank without the sub-command in argv; it travels in the environment.
-_ENV = "GENFACE_COMMAND"
 
 
 def usage() -> str:
@@ -60,20 +61,16 @@ def _parents(path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    args = argv[1:]
-    if args and args[0] in COMMANDS:
-        command, args = args[0], args[1:]
-    elif os.environ.get(_ENV) in COMMANDS and os.environ.get("LOCAL_RANK"):
-        command = os.environ[_ENV]
-    else:
-        asked = bool(args) and args[0] in ("-h", "--help")
+    found = command_of(argv[1:], COMMANDS)
+    if found is None:
+        asked = len(argv) > 1 and argv[1] in ("-h", "--help")
         print(usage(), file=sys.stdout if asked else sys.stderr)
         raise SystemExit(0 if asked else 2)
-    os.environ[_ENV] = command
+    command, args = found
     problem = unwritable_output(args) if command in ("train", "sample", "evaluate", "analyze") else None
     if problem:
         print(problem, file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(COMMANDS[command][0])
-    sys.argv = [f"{argv[0]}", *args]
+    hand_over(argv[0], command, args)
     module.main()

@@ -91,6 +91,12 @@ def _run_id() -> str:
     return secrets.token_hex(3)
 
 
+def _unless_set(value: Any, otherwise: Any) -> Any:
+    """`otherwise` where `value` is unset (null or empty), else null: e.g. debug=smoke's stand-in first stage of
+    latent diffusion, `${unless_set:${model.first_stage_ckpt},${smoke.first_stage}}`, only without a checkpoint."""
+    return otherwise if value in (None, "") else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _run_id, use_cache=True)
@@ -100,6 +106,7 @@ def register_resolvers() -> None:
         ("run_tags", _run_tags),
         ("run_group", _run_group),
         ("run_name", _run_name),
+        ("unless_set", _unless_set),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -117,6 +124,21 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def require_smoke_overlay(cfg: DictConfig) -> None:
+    """Refuse a `debug=smoke` run whose model no overlay shrank: it would train at full size, slowly and silently.
+
+    The overlay of model option NAME is `debug/model/smoke/NAME.yaml` (train.yaml selects it by the model choice);
+    it sets `smoke.model`, which conf/debug/smoke.yaml leaves missing.
+    """
+    smoke = cfg.get("smoke")
+    if isinstance(smoke, DictConfig) and OmegaConf.is_missing(smoke, "model"):
+        raise ValueError(
+            f"debug=smoke has no overlay for this model ({cfg.model.get('_target_')}): write "
+            "debug/model/smoke/<model option>.yaml (in your --config-dir for a model option of your own) that "
+            "sets smoke.model and narrows the nets; see genface/conf/debug/model/smoke/dcgan.yaml"
+        )
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
