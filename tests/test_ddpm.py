@@ -11,6 +11,8 @@ from PIL import Image
 
 from genface.callbacks.denoising_path import DenoisingPath
 from genface.diffusion import ddim_timesteps
+from genface.metrics.extractors import build_extractor
+from genface.metrics.fidkid import frechet_distance
 from genface.models import load_generative
 from genface.models.ddpm import DDPM
 from genface.viz.diffusion import evenly_spaced, path_frames, path_strip
@@ -149,7 +151,7 @@ def test_sampler_switch_is_checked_and_recorded_in_the_protocol():
         model.generate(model.sample_latents(1))
 
 
-def test_trained_model_samplers_differ_and_the_checkpoint_keeps_the_sampler(tmp_path):
+def test_trained_model_samplers_and_their_fids_differ_and_the_checkpoint_keeps_the_sampler(tmp_path):
     torch.manual_seed(0)
     model = tiny_ddpm(schedule={"kind": "cosine", "T": 20})
     trainer = tiny_trainer(tmp_path, max_steps=20, limit_val_batches=0)
@@ -159,6 +161,16 @@ def test_trained_model_samplers_differ_and_the_checkpoint_keeps_the_sampler(tmp_
     model.sampler = "ancestral"  # changed after training: the checkpoint keeps it
     ancestral = model.generate(z)
     assert (ancestral - ddim).abs().mean() > 0.05, (ancestral - ddim).abs().mean()
+    # and so do their FIDs against the training images (tiny extractor, 64 fakes vs the 16 reals)
+    extractor = build_extractor("tiny")
+    real = extractor(TinyImages(n=16, resolution=RES).images).double()
+    many = model.sample_latents(64, generator=torch.Generator().manual_seed(1))
+    fids = {}
+    for sampler in ("ddim", "ancestral"):
+        model.sampler = sampler
+        fake = extractor(model.generate(many)).double()
+        fids[sampler] = frechet_distance(real.mean(0), real.T.cov(), fake.mean(0), fake.T.cov())
+    assert abs(fids["ancestral"] - fids["ddim"]) > 0.05 * max(fids.values()), fids
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = load_generative(tmp_path / "m.ckpt")
     assert loaded.sampling_protocol == {"sampler": "ancestral", "steps": 20}
