@@ -1,0 +1,452 @@
+"""Quality at equal budget: every generative family, one protocol, one table and a KID-vs-time plot.
+
+Protocol (each number in the output says its own settings):
+- Data: embedded synthfaces at 32 px as the shipped CPU recipes set it (10,000 faces, seed 0: one dataset id,
+  checked equal across families), trained on its train split.
+- Training: each family's shipped CPU recipe (`experiment=<family>_synthfaces`; latent diffusion = the
+  VAE-GAN stage one `vaegan_synthfaces` + `latent_diffusion_synthfaces`) with the few overrides listed in the
+  output, for the same wall-clock budget of training-loop time (`--budget-min`, `--threads` torch threads).
+  Latent diffusion spends `--stage-one-share` of its budget on stage one. Checkpoints every `--kid-every-min`.
+- Scoring, after training and off the budget, from the checkpoints: FID and KID of `--n-fid` samples (seeded
+  latents, the Generative contract's `generate`) against `--n-fid` real images of the train split (real
+  statistics cached by genface's real-stats cache); KID of the first `--n-curve` samples at every checkpoint
+  for the curve; sampling seconds per image (generate only, batch `--batch`); parameters (sampling networks
+  and everything trained); conditional accuracy of cGAN and latent diffusion by a judge classifier (`--judge`,
+  genface's `ConditionalAccuracy`), stated as skipped without one.
+
+Results in `--out` (default benchmarks/out/quality/): `<family>/result.json`, `<family>/points/<ckpt>.json`,
+the runs under `<family>/<stage>/`, `quality.md`, `quality.json`, `quality_vs_time.png`. Every file is
+written atomically as soon as it is known, so a rerun skips what is done and resumes a family whose budget is
+partly spent from its newest checkpoint with the budget left.
+    python -m benchmarks.bench_quality [--families dcgan,ddpm] [--budget-min 20] [--judge CKPT] [--readme]
+    python -m benchmarks.bench_quality --toy   # seconds per family, debug=smoke nets, tiny extractor
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+from datetime import date
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torchmetrics.utilities import dim_zero_cat
+
+from benchmarks.common import OUT, machine
+from benchmarks.quality_train import FAMILIES, compose_run, train_family, write_json
+
+log = logging.getLogger("bench_quality")
+
+#: Settings per mode; explicit options win. `toy`: the tests' tiny extractor, never a reported FID.
+MODES = {
+    "full": dict(out=OUT / "quality", budget_min=20.0, kid_every_min=5.0, n_fid=2048, n_curve=512, batch=64,
+                 extractor="inception"),
+    "quick": dict(out=OUT / "quality_quick", budget_min=2.0, kid_every_min=1.0, n_fid=512, n_curve=128, batch=64,
+                  extractor="inception"),
+    "toy": dict(out=OUT / "quality_toy", budget_min=0.05, kid_every_min=0.025, n_fid=32, n_curve=16, batch=16,
+                extractor="tiny"),
+}  # fmt: skip
+#: Settings that define the protocol: a rerun into the same --out must use the same ones. The judge is not one of
+#: them: a rerun with another `--judge` (or `--n-cond`) re-judges the conditional families' final checkpoints.
+PROTOCOL_KEYS = ("mode", "budget_min", "kid_every_min", "stage_one_share", "threads", "n_fid", "n_curve", "batch",
+                 "extractor", "seed", "kid_subsets", "kid_subset_size")  # fmt: skip
+REAL_SPLIT = "train"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}"
+    )
+    p.add_argument("--budget-min", type=float, help="training wall-clock budget per family (full: 20)")
+    p.add_argument("--kid-every-min", type=float, help="checkpoint (curve point) interval (full: 5)")
+    p.add_argument("--stage-one-share", type=float, default=0.5, help="latent diffusion's VAE-GAN share")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and scoring")
+    p.add_argument("--n-fid", type=int, help="fakes and reals for FID/KID (full: 2048)")
+    p.add_argument("--n-curve", type=int, help="fakes per curve point, against the --n-fid reals (full: 512)")
+    p.add_argument("--batch", type=int, help="sampling and feature batch (full: 64)")
+    p.add_argument("--extractor", choices=("inception", "tiny"), help="feature extractor (toy: tiny)")
+    p.add_argument(
+        "--allow-low-n", action="store_true", help="FID below the feature dimension (quick/toy: on)"
+    )
+    p.add_argument("--judge", help="genface classifier checkpoint for conditional accuracy (synthfaces_attr)")
+    p.add_argument("--n-cond", type=int, default=512, help="samples judged for conditional accuracy")
+    p.add_argument(
+        "--seed", type=int, default=1234, help="seed of the scored latents (genface's FID default)"
+    )
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--data-dir", help="paths.data_dir of the runs (default: genface's, ./data)")
+    p.add_argument("--out", type=Path)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="2 min per family, N 512 (low-N FID): a dry run")
+    mode.add_argument("--toy", action="store_true", help="seconds per family, smoke nets, tiny extractor")
+    p.add_argument("--readme", action="store_true", help="print the README section when done")
+    args = p.parse_args(argv)
+    args.mode = "toy" if args.toy else "quick" if args.quick else "full"
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.allow_low_n = args.allow_low_n or args.mode != "full"
+    args.judge = str(Path(args.judge).resolve()) if args.judge else None
+    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(args.families) - set(FAMILIES))
+    if unknown:
+        p.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    if not 0 < args.stage_one_share < 1 or args.kid_every_min <= 0 or args.budget_min <= 0:
+        p.error("--stage-one-share must lie in (0, 1), --budget-min and --kid-every-min must be > 0")
+    if args.n_curve > args.n_fid:
+        p.error("--n-curve must not exceed --n-fid")
+    return args
+
+
+def check_protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """Write `protocol.json`, or refuse to mix results of another protocol in the same --out."""
+    protocol = {key: getattr(args, key) for key in PROTOCOL_KEYS}
+    path = args.out / "protocol.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in protocol.items() if before.get(k) != v}
+        if changed:
+            raise SystemExit(
+                f"{args.out} holds results of another protocol ({changed}: was, now); use another --out"
+            )
+    write_json(path, protocol)
+    return protocol
+
+
+# ----- scoring ---------------------------------------------------------------------------------------------
+class Scorer:
+    """FID/KID of a generator's seeded samples against the train split's cached real statistics. The extractor
+    and the real statistics are built on first use: a rerun with nothing left to score loads neither."""
+
+    def __init__(self, args: argparse.Namespace, datamodule: Any, cache_dir: str) -> None:
+        self.args, self.datamodule, self.cache_dir = args, datamodule, cache_dir
+
+    @functools.cached_property
+    def extractor(self) -> Any:
+        from genface.metrics import build_extractor
+
+        return build_extractor(self.args.extractor)
+
+    @functools.cached_property
+    def real(self) -> Any:
+        from genface.data.base import real_images
+        from genface.metrics import load_or_compute_real_stats
+
+        dm = self.datamodule
+        return load_or_compute_real_stats(self.extractor, real_images(dm, REAL_SPLIT), dm.dataset_id, REAL_SPLIT,
+                                          self.args.n_fid, self.cache_dir, batch_size=self.args.batch)  # fmt: skip
+
+    def samples(self, model: Any, n: int) -> tuple[Any, float]:
+        """An FIDKID metric fed with the first `n` samples of the seeded stream; seconds spent in generate."""
+        from genface.metrics import FIDKID
+        from genface.metrics.scoring import generate_fake_batches
+
+        metric = FIDKID(self.extractor, self.args.kid_subsets, self.args.kid_subset_size,
+                        kid_max_features=max(n, 2), allow_low_n=self.args.allow_low_n)  # fmt: skip
+        metric.set_real(self.real)
+        batches, seconds = generate_fake_batches(model, n, self.args.batch, self.args.seed), 0.0
+        while True:
+            start = time.perf_counter()
+            images = next(batches, None)
+            seconds += time.perf_counter() - start
+            if images is None:
+                return metric, seconds
+            metric.update(images)
+
+    def curve_kid(self, metric: Any) -> tuple[float, float]:
+        """KID of the first --n-curve samples held by `metric`, against all the reals."""
+        from genface.metrics.fidkid import kernel_inception_distance
+
+        fakes = dim_zero_cat(metric.fake_features)[: self.args.n_curve]
+        real = torch.from_numpy(self.real.features)
+        return kernel_inception_distance(real, fakes, self.args.kid_subsets, self.args.kid_subset_size)
+
+
+class AttributeView:
+    """A model conditioned on one binary attribute through class labels 0/1 (latent diffusion on Smiling:
+    num_classes=2), seen as an attribute-conditional model with (N, 1) 0/1 labels: the form genface's
+    `ConditionalAccuracy` judges. DDPM's `generate` accepts such labels for num_classes=2."""
+
+    label_kind = "attributes"
+    num_classes = 1
+
+    def __init__(self, model: Any, attribute: str) -> None:
+        self.model, self.condition = model, [attribute]
+        self.device = model.device
+
+    def default_labels(self, n: int) -> torch.Tensor:
+        return (torch.arange(n) % 2).float()[:, None]
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.model.sample_latents(n, generator=generator)
+
+    def generate(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.generate(latents, labels)
+
+    def check_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.float().reshape(-1, 1)
+
+
+def conditional_accuracy(model: Any, datamodule: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Share of `--n-cond` samples whose every requested attribute the judge confirms (and per attribute), with
+    the judge's accuracy on real validation images as the ceiling; skipped, saying why, without a judge."""
+    if not args.judge:
+        return {"skipped": "no judge classifier given (--judge CKPT: a synthfaces_attr run's checkpoint)"}
+    from genface.callbacks.conditional_accuracy import ConditionalAccuracy
+    from genface.models import load_module
+
+    if getattr(model, "condition", None):
+        target = model
+    elif (
+        model.num_classes == 2 and datamodule.label_kind == "attributes" and len(datamodule.class_names) == 1
+    ):
+        target = AttributeView(model, datamodule.class_names[0])
+    else:
+        return {"skipped": f"labels of {type(model).__name__} name no attributes a judge could check"}
+    judge = ConditionalAccuracy(args.judge, n=args.n_cond, batch_size=args.batch)
+    judge.classifier = judge.attach(load_module(args.judge), target)
+    counts = judge.counts(target)
+    k = target.num_classes
+    result = {"cond_acc": float(counts[0] / counts[1]), "n": int(counts[1]), "judge": args.judge}
+    result["per_attribute"] = {
+        name: float(counts[2 + i] / counts[2 + k + i]) for i, name in enumerate(target.condition)
+    }
+    # The ceiling, as the callback computes it during training (it reads only trainer.datamodule).
+    result["judge_on_real"] = judge._real_accuracy_of(SimpleNamespace(datamodule=datamodule), target)
+    return result
+
+
+def param_counts(model: Any, stage_one: Any | None) -> dict[str, int]:
+    """Parameters of the networks `generate` runs (EMA target, plus latent diffusion's first stage) and of
+    everything trained within the budget (both stages; the frozen first stage counted once)."""
+    sampling = [getattr(model, model.ema_target_name)] + (
+        [model.first_stage] if stage_one is not None else []
+    )
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if stage_one is not None:
+        trained += sum(p.numel() for p in stage_one.parameters())
+    return {"sampling": sum(p.numel() for net in sampling for p in net.parameters()), "trained": trained}
+
+
+def score_family(
+    family: str, record: dict[str, Any], datamodule: Any, scorer: Scorer, args
+) -> dict[str, Any]:
+    """Curve points of the marks, then the final scores; each JSON written as it is known, none recomputed."""
+    from genface.models import load_module
+
+    run_dir, folder = Path(record["run_dir"]), args.out / family
+    wall = run_dir / "checkpoints" / "wall"
+    scored = []
+    for info in record["marks"]:
+        path = folder / "points" / f"{info['name']}.json"
+        if not path.is_file():
+            n = math.ceil(args.n_curve / args.batch) * args.batch  # whole batches: the stream's first n_curve
+            metric, _ = scorer.samples(load_module(wall / info["checkpoint"]), n)
+            kid_mean, kid_std = scorer.curve_kid(metric)
+            write_json(path, {**info, "kid_mean": kid_mean, "kid_std": kid_std, "n_fake": args.n_curve})
+            scored.append(info["name"])
+    result_path = folder / "result.json"
+    if result_path.is_file():
+        result = json.loads(result_path.read_text())
+        judged = result["conditional"] or {}
+        if (
+            result["conditional"] is not None
+            and args.judge
+            and (judged.get("judge"), judged.get("n")) != (args.judge, args.n_cond)
+        ):
+            model = load_module(wall / record["final"]["checkpoint"])
+            result["conditional"] = conditional_accuracy(model, datamodule, args)
+            write_json(result_path, result)
+            scored.append("conditional")
+        return {"scored": scored, **result}
+    final = record["final"]
+    model = load_module(wall / final["checkpoint"])
+    metric, seconds = scorer.samples(model, args.n_fid)
+    values = metric.compute()
+    kid_mean, kid_std = scorer.curve_kid(metric)
+    write_json(folder / "points" / "final.json", {**final, "kid_mean": kid_mean, "kid_std": kid_std,
+                                                  "n_fake": args.n_curve})  # fmt: skip
+    stage_one = None
+    if len(record["stages"]) > 1:
+        first = next(iter(record["stages"].values()))["final"]
+        stage_one = load_module(run_dir.parent / next(iter(record["stages"])) / "checkpoints" / "wall" /
+                                first["checkpoint"])  # fmt: skip
+    result = {
+        "family": family,
+        "stages": record["stages"],
+        "train_s": final["elapsed_s"],
+        "steps": {name: s["final"]["global_step"] for name, s in record["stages"].items()},
+        "dataset_id": datamodule.dataset_id,
+        "fid": values["fid"], "kid_mean": values["kid_mean"], "kid_std": values["kid_std"],
+        "n_fake": values["n_fake"], "n_real": scorer.real.n, "real_split": REAL_SPLIT,
+        "extractor": scorer.extractor.name, "extractor_protocol": scorer.extractor.protocol,
+        "features": scorer.extractor.num_features,
+        "sampling": model.sampling_protocol, "sample_s_per_image": seconds / args.n_fid, "sample_batch": args.batch,
+        "params": param_counts(model, stage_one),
+        "conditional": conditional_accuracy(model, datamodule, args) if model.num_classes else None,
+        "date": date.today().isoformat(), "machine": machine(),
+    }  # fmt: skip
+    write_json(result_path, result)
+    return {"scored": [*scored, "final"], **result}
+
+
+# ----- report ----------------------------------------------------------------------------------------------
+def curve_points(out: Path, family: str) -> list[dict[str, Any]]:
+    folder = out / family / "points"
+    points = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted(points, key=lambda p: p["elapsed_s"])
+
+
+def cond_cell(conditional: dict[str, Any] | None) -> str:
+    if conditional is None:
+        return "-"
+    if "skipped" in conditional:
+        return "skipped (no judge)"
+    return f"{conditional['cond_acc']:.3f} ({conditional['judge_on_real']:.3f})"
+
+
+def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+    """quality.md (protocol, table, overrides), quality.json and quality_vs_time.png; returns the markdown."""
+    from genface.viz.plots import plot_curves
+
+    rows, history = [], []
+    for family in FAMILIES:
+        r = results.get(family)
+        if r is None:
+            rows.append(f"| {family} | not run yet |" + " |" * 8)
+            continue
+        if "error" in r:
+            rows.append(f"| {family} | failed: {r['error']} |" + " |" * 8)
+            continue
+        recipe = " + ".join(s["experiment"] for s in r["stages"].values())
+        steps = " + ".join(str(v) for v in r["steps"].values())
+        rows.append(
+            f"| {family} | `{recipe}` | {r['train_s'] / 60:.1f} | {steps} | {r['fid']:.2f} | "
+            f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | {cond_cell(r['conditional'])} | "
+            f"{r['sample_s_per_image']:.4f} | {r['params']['sampling'] / 1e6:.2f} M | {r['params']['trained'] / 1e6:.2f} M |"
+        )
+        history += [
+            {"training minutes": p["elapsed_s"] / 60, family: p["kid_mean"]}
+            for p in curve_points(args.out, family)
+        ]
+    done = [r for r in results.values() if "fid" in r]
+    ext = done[0]["extractor_protocol"] if done else args.extractor
+    low_n = any(r["n_fake"] < r["features"] for r in done)
+    title = f"KID ({args.extractor}, {args.n_curve} fakes vs {args.n_fid} reals) vs training time"
+    plot = plot_curves(
+        history, list(FAMILIES), args.out / "quality_vs_time.png", title, "training minutes", "KID"
+    )
+    data_ids = ", ".join(sorted({r["dataset_id"] for r in done})) or "no family scored yet"
+    sampling = "; ".join(f"{r['family']} {r['sampling'] or 'one pass'}" for r in done) or "n/a"
+    overrides = "\n".join(
+        f"- {r['family']} / {name}: `{' '.join(s['overrides'][1:])}`"
+        for r in done
+        for name, s in r["stages"].items()
+    )
+    low_n_note = " FID below the feature dimension: biased, comparable only at this N." if low_n else ""
+    judged = [r["conditional"] for r in done if r["conditional"] and "judge" in r["conditional"]]
+    judge = ", ".join(sorted({c["judge"] for c in judged})) or "none given, so skipped"
+    n_judged = " / ".join(sorted({str(c["n"]) for c in judged})) or str(args.n_cond)
+    protocol_lines = [
+        f"- Data: synthfaces at 32 px ({data_ids}), every family trained on its train split.",
+        f"- Budget: {args.budget_min:g} min of training-loop wall time per family, {args.threads} torch thread(s): "
+        "steps, validation and the recipe's remaining callbacks count; building, preflight, checkpoint writes and "
+        f"scoring do not. Latent diffusion gives {args.stage_one_share:.0%} of it to its VAE-GAN stage one.",
+        f"- FID and KID: {ext}; {args.n_fid} fakes vs {args.n_fid} real images of the train split (statistics "
+        f"cached), KID {args.kid_subsets} subsets of {args.kid_subset_size}, latents seeded {args.seed}.{low_n_note}",
+        f"- Curve: KID of the first {args.n_curve} of those fakes vs the same reals, at checkpoints every "
+        f"{args.kid_every_min:g} min of training.",
+        f"- s / image: `generate` alone, batch {args.batch} ({sampling}). Steps: Lightning's global step (a GAN's "
+        "generator and discriminator updates both count). Params: the networks `generate` runs / everything trained.",
+        f"- Conditional accuracy: share of {n_judged} samples whose every requested attribute the judge confirms "
+        f"(genface `ConditionalAccuracy`; judge: {judge}); in brackets the judge on real validation images.",
+    ]
+    table = [
+        "| family | recipe | trained (min) | steps | FID | KID x 1e3 | cond. acc. | s / image | params (sampling) "
+        "| params (trained) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    md = "\n".join(
+        [
+            "## Quality at equal budget (`bench_quality.py`)",
+            "",
+            f"{date.today().isoformat()}, {machine()}; `python -m benchmarks.bench_quality`, mode `{args.mode}`.",
+            "",
+            *protocol_lines,
+            "",
+            *table,
+            "",
+            "Overrides of the shipped recipes (beyond `experiment=`):",
+            overrides or "- none yet",
+            *(["", f"![KID vs training time]({plot.name})"] if plot else []),
+            "",
+        ]
+    )
+    (args.out / "quality.md").write_text(md)
+    write_json(args.out / "quality.json", {"protocol": protocol, "machine": machine(), "results": results})
+    return md
+
+
+def family_datamodule(record: dict[str, Any], args: argparse.Namespace) -> tuple[Any, str]:
+    """The DataModule and FID cache folder of a family's sampling stage, as its run composed them."""
+    stage = list(record["stages"].values())[-1]
+    cfg = compose_run(stage["overrides"], Path(record["run_dir"]), args.data_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule, f"{cfg.paths.cache_dir}/fid"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, score and report the families; returns what was trained and scored by this call."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    protocol = check_protocol(args)
+    results: dict[str, dict[str, Any]] = {}
+    for family in FAMILIES:
+        path = args.out / family / "result.json"
+        if family not in args.families and path.is_file():
+            results[family] = json.loads(path.read_text())
+    summary: dict[str, Any] = {"trained": {}, "scored": {}, "failed": {}}
+    scorer = None
+    for family in args.families:
+        try:
+            record = train_family(family, args.out, args.budget_min * 60, args.kid_every_min * 60,
+                                  args.stage_one_share, args.toy, args.data_dir)  # fmt: skip
+            datamodule, cache_dir = family_datamodule(record, args)
+            scorer = scorer or Scorer(args, datamodule, cache_dir)
+            ids = {r["dataset_id"] for r in results.values() if "dataset_id" in r} | {datamodule.dataset_id}
+            if len(ids) > 1:  # the protocol's "same data": never score against another set's statistics
+                raise RuntimeError(f"{family}: data {datamodule.dataset_id} differs from the others' ({ids})")
+            outcome = score_family(family, record, datamodule, scorer, args)
+        except Exception as err:  # noqa: BLE001 - one family's failure must not lose the others' hours
+            log.error("%s failed:\n%s", family, traceback.format_exc())
+            message = " ".join(f"{type(err).__name__}: {err}".replace("|", "/").split())  # one table cell
+            results[family] = {"error": message[:200]}
+            summary["failed"][family] = str(err)
+            continue
+        summary["trained"][family] = record["trained"]
+        summary["scored"][family] = outcome.pop("scored")
+        results[family] = outcome
+    md = report(args, protocol, results)
+    if args.readme:
+        print(md)
+    log.info("wrote %s", args.out / "quality.md")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)
