@@ -238,7 +238,7 @@ def _targets(node) -> list[str]:
 
 
 def test_every_target_genface_model_configs_name_is_buildable_from_a_checkpoint():
-    configs = [OmegaConf.to_container(OmegaConf.load(p)) for p in (CONF_DIR / "model").glob("*.yaml")]
+    configs = [OmegaConf.to_container(OmegaConf.load(p)) for p in (CONF_DIR / "model").rglob("*.yaml")]  # model/net too
     configs += [
         (OmegaConf.to_container(OmegaConf.load(p)) or {}).get("model")
         for p in (CONF_DIR / "experiment").glob("*.yaml")

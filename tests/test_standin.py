@@ -26,7 +26,7 @@ from genface.data.layouts import (
     write_standin,
 )
 from genface.data.synthfaces import ATTRIBUTES, face_rng, render_face, sample_attributes
-from genface.standin import layout_first
+from genface.launch import positional_task
 
 
 def write(layout: str, out: Path, n: int, **kwargs) -> Path:
@@ -211,9 +211,10 @@ def test_errors_name_the_key_and_the_allowed_values(tmp_path):
 
 
 def test_layout_word_becomes_an_override():
-    assert layout_first(["genface", "celeba", "out=d"]) == ["genface", "layout=celeba", "out=d"]
-    assert layout_first(["genface", "out=d", "layout=mnist"]) == ["genface", "out=d", "layout=mnist"]
-    assert layout_first(["genface", "--help"]) == ["genface", "--help"]
+    # what genface.standin.main does to argv
+    assert positional_task(["genface", "celeba", "out=d"], "layout") == ["genface", "layout=celeba", "out=d"]
+    assert positional_task(["genface", "out=d", "layout=mnist"], "layout") == ["genface", "out=d", "layout=mnist"]
+    assert positional_task(["genface", "--help"], "layout") == ["genface", "--help"]
 
 
 def test_cli_writes_the_layout_and_nothing_else(tmp_path):

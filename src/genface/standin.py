@@ -13,15 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from genface.config import CONF_PATH
 from genface.data.layouts import LAYOUTS, write_standin
+from genface.launch import positional_task
 
 log = logging.getLogger("genface.standin")
-
-
-def layout_first(argv: list[str]) -> list[str]:
-    """`standin celeba out=DIR` -> `standin layout=celeba out=DIR`: Hydra reads only key=value overrides."""
-    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
-        return [argv[0], f"layout={argv[1]}", *argv[2:]]
-    return argv
 
 
 @hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="standin")
@@ -47,7 +41,9 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    sys.argv = layout_first(sys.argv)
+    """`genface standin celeba out=DIR` is `layout=celeba out=DIR`. Any bare first word is taken as the layout, so
+    that a misspelt one is reported by write_standin with the layouts there are."""
+    sys.argv = positional_task(sys.argv, "layout")
     _app()
 
 
