@@ -16,8 +16,8 @@ would exceed `sampling_budget_h` hours, samples with DDIM over as many steps as 
 fewer FID images, and records the measured cost and the projected time of the recipe's own sampler in
 the table. Nothing else changes.
 
-Memory is the other limit: a rank holds its share of the global batch, and DD-GAN's 128 px recipe needs about
-16 GiB per CPU rank at its 48 images per rank of 2 ranks (killed by the kernel there on a 24 GiB machine).
+Memory is the other limit: a rank holds its share of the global batch, and DD-GAN's 128 px recipe, 48 images
+per rank on 2 CPU ranks, had a rank killed by the kernel at 16.6 GiB on a 24 GiB machine.
 `batch=N` sets the global batch of such a rehearsal and says so in the table's note; the recipe's own batch
 is what it runs with on GPUs.
 
@@ -76,8 +76,8 @@ REAL_DATA = {
     "ddpm_coursework_celeba64": "celeba",
     "ddpm_dlstudio_celeba64": "celeba",
 }
-#: Global batch of the rehearsals whose recipe batch exceeds a 24 GiB machine's memory as CPU ranks (about
-#: 0.35 GiB per 128 px image and rank for DD-GAN's step with R1), used by `all` and the slow tests.
+#: Global batch of the rehearsals whose recipe batch exceeds a 24 GiB machine's memory as 2 CPU ranks (DD-GAN
+#: at 128 px: the kernel killed a rank holding 16.6 GiB at 48 images per rank), used by `all` and the slow tests.
 SMALL_MACHINE_BATCH = {"ddgan_celebahq128": 16, "ddgan_latent_analysis_celebahq128": 16, "ddgan_celebahq256": 4}
 #: Overrides a recipe needs from an earlier rehearsal (relative to the rehearsals' folder).
 NEEDS = {"latent_diffusion_smiling_celeba64": "model.first_stage_ckpt={root}/vaegan_celeba64/run/checkpoints/last.ckpt"}
