@@ -42,9 +42,18 @@ def opt() -> dict:
 
 def tiny_cgan(head: str = "concat", label_kind: str = "class", k: int = K, **kw) -> ConditionalGAN:
     return ConditionalGAN(
-        generator={"_target_": "genface.nets.dcgan.DCGANGenerator", "latent_dim": 8, "width": 8, "resolution": 16},
-        discriminator={"_target_": "genface.nets.cgan.ConditionalDiscriminator", "width": 8, "resolution": 16,
-                       "channels": 3},
+        generator={
+            "_target_": "genface.nets.dcgan.DCGANGenerator",
+            "latent_dim": 8,
+            "width": 8,
+            "resolution": 16,
+        },
+        discriminator={
+            "_target_": "genface.nets.cgan.ConditionalDiscriminator",
+            "width": 8,
+            "resolution": 16,
+            "channels": 3,
+        },
         optimizer_g=opt(),
         optimizer_d=opt(),
         condition=[f"c{i}" for i in range(k)],
@@ -144,7 +153,9 @@ def test_training_steps_lower_the_discriminator_loss(tmp_path, head, label_kind)
 
 def test_fit_refuses_data_with_other_labels(tmp_path):
     dm = TinyLabelled(n=16, batch_size=8, label_kind="attributes", names=["Smiling", "Male", "Bald"])
-    with pytest.raises(ValueError, match=r"conditioned on class \['c0', 'c1', 'c2'\].*attributes \['Smiling'"):
+    with pytest.raises(
+        ValueError, match=r"conditioned on class \['c0', 'c1', 'c2'\].*attributes \['Smiling'"
+    ):
         tiny_trainer(tmp_path, max_steps=2).fit(tiny_cgan(), datamodule=dm)
 
 
@@ -251,8 +262,11 @@ def test_conditional_accuracy_on_attributes_needs_every_attribute_right():
 
 def test_conditional_accuracy_is_logged_from_a_classifier_checkpoint(tmp_path):
     oracle = OracleClassifier(["c0", "c1", "c2"])
-    checkpoint = {"state_dict": oracle.state_dict(), "hyper_parameters": dict(oracle.hparams),
-                  "pytorch-lightning_version": pl.__version__}
+    checkpoint = {
+        "state_dict": oracle.state_dict(),
+        "hyper_parameters": dict(oracle.hparams),
+        "pytorch-lightning_version": pl.__version__,
+    }
     oracle.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, tmp_path / "oracle.ckpt")
     cb = ConditionalAccuracy(classifier_path=str(tmp_path / "oracle.ckpt"), n=12)
@@ -283,8 +297,11 @@ def test_model_config_builds_every_head_on_digits(compose_train, head):
 
 @pytest.mark.parametrize(
     ("experiment", "head", "label_kind"),
-    [("cgan_mnist", "concat", "class"), ("cgan_multiclass_mnist", "multiclass", "class"),
-     ("cgan_synthfaces", "projection", "attributes")],
+    [
+        ("cgan_mnist", "concat", "class"),
+        ("cgan_multiclass_mnist", "multiclass", "class"),
+        ("cgan_synthfaces", "projection", "attributes"),
+    ],
 )
 def test_experiments_build_model_data_and_callbacks(compose_train, experiment, head, label_kind):
     cfg = compose_train(f"experiment={experiment}")

@@ -236,8 +236,13 @@ def test_prediction_captions_colour_right_and_wrong_predictions():
     first, second = prediction_captions(proba, targets, names, "attributes", top_k=1)
     assert first == [("A 0.90", RIGHT), ("missed: C", WRONG)]  # only the top one of A and B; C was missed
     assert second == [("B 0.60", RIGHT)]
-    assert prediction_captions(proba, targets, names, "attributes")[0][:2] == [("A 0.90", RIGHT), ("B 0.70", WRONG)]
-    classes = prediction_captions(torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]]), torch.tensor([0, 2]), names, "class")
+    assert prediction_captions(proba, targets, names, "attributes")[0][:2] == [
+        ("A 0.90", RIGHT),
+        ("B 0.70", WRONG),
+    ]
+    classes = prediction_captions(
+        torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]]), torch.tensor([0, 2]), names, "class"
+    )
     assert classes == [[("A 0.70", RIGHT)], [("B 0.60", WRONG), ("true: C", WRONG)]]
 
 
@@ -249,7 +254,9 @@ def test_test_report_shows_test_faces_captioned_with_predictions(tmp_path):
     path = tmp_path / "report" / "classifier_test_examples.png"
     assert path in report.written
     with torch.no_grad():
-        captions = prediction_captions(model.predict_proba(dm.x[:6]), dm.targets[:6], ["A", "B", "C"], "attributes")
+        captions = prediction_captions(
+            model.predict_proba(dm.x[:6]), dm.targets[:6], ["A", "B", "C"], "attributes"
+        )
     # 16 px faces enlarged to 64, cells 140 px wide, 4 per row: 2 rows of face + the longest caption
     cell_height = 64 + LINE_HEIGHT * max(len(c) for c in captions)
     assert Image.open(path).size == (2 + 4 * (140 + 2), 2 + 2 * (cell_height + 2))
@@ -281,8 +288,10 @@ def test_balanced_thresholds_find_the_best_cut_and_keep_ties_together():
             best_balanced_accuracy(labels, scores), abs=1e-9
         )
         assert not np.isin(cuts[j].item(), scores)  # halfway between scores: ties fall on one side
-    assert balanced_accuracy_score(y[:, 0], logits[:, 0] > 0) < 0.75 < balanced_accuracy_score(
-        y[:, 0], logits[:, 0] > cuts[0]
+    assert (
+        balanced_accuracy_score(y[:, 0], logits[:, 0] > 0)
+        < 0.75
+        < balanced_accuracy_score(y[:, 0], logits[:, 0] > cuts[0])
     )
     # Absent, always present and uninformative attributes keep the plain cut.
     flat = torch.stack([torch.zeros(50), torch.ones(50), (torch.arange(50) % 2).float()], 1)
@@ -307,9 +316,10 @@ def test_calibration_sets_the_cuts_on_validation_and_the_test_split_uses_them(tm
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     got = model.results["test"]["bal_acc"]
     cuts = torch.sigmoid(model.decision_logit).tolist()
-    assert f"decision cuts (plain probability; calibrated on the validation split, 0.5 = plain): A {cuts[0]:.2f}, " in (
-        tmp_path / "report" / "classifier_test.md"
-    ).read_text()
+    assert (
+        f"decision cuts (plain probability; calibrated on the validation split, 0.5 = plain): A {cuts[0]:.2f}, "
+        in (tmp_path / "report" / "classifier_test.md").read_text()
+    )
     for j in range(3):
         assert got[j] == pytest.approx(best_balanced_accuracy(y[:, j], logits[:, j].numpy()), abs=1e-6)
     assert got[0] == 1.0 and got[1] == 1.0 and metrics["test/bal_acc_mean"] > 0.8

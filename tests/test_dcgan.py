@@ -62,8 +62,17 @@ def test_bad_resolution_is_a_clear_error():
 def tiny_dcgan(resolution: int = 16, **kw) -> DCGAN:
     opt = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3, "betas": [0.5, 0.999]}
     return DCGAN(
-        generator={"_target_": "genface.nets.dcgan.DCGANGenerator", "latent_dim": 8, "width": 8, "resolution": resolution},
-        discriminator={"_target_": "genface.nets.dcgan.DCGANDiscriminator", "width": 8, "resolution": resolution},
+        generator={
+            "_target_": "genface.nets.dcgan.DCGANGenerator",
+            "latent_dim": 8,
+            "width": 8,
+            "resolution": resolution,
+        },
+        discriminator={
+            "_target_": "genface.nets.dcgan.DCGANDiscriminator",
+            "width": 8,
+            "resolution": resolution,
+        },
         optimizer_g=opt,
         optimizer_d=dict(opt),
         **kw,
@@ -116,7 +125,9 @@ def test_checkpoint_round_trip_with_ema(tmp_path):
 def test_sample_grid_writes_the_real_images_once_in_the_samples_layout(tmp_path):
     data = TinyImages(n=16, resolution=16, batch_size=8)
     grid = SampleGrid(n=6, dirpath=str(tmp_path / "samples"))
-    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0, callbacks=[grid])
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0, callbacks=[grid]
+    )
     trainer.fit(tiny_dcgan(), datamodule=data)
     real = np.asarray(Image.open(tmp_path / "samples" / "real.png"))
     assert real.shape == np.asarray(Image.open(tmp_path / "samples" / "epoch_0001.png")).shape

@@ -28,8 +28,12 @@ def n_params(m: torch.nn.Module) -> int:
 def test_patchgan_70_counts_the_reference_and_the_lab_with_biases():
     # Reference NLayerDiscriminator(6, ndf=64, n_layers=3, BatchNorm): conv 6->64 with bias, then 64->128,
     # 128->256 (stride 2) and 256->512 (stride 1) without bias, each + BN (2 x C), then 512->1 with bias.
-    reference = (6 * 64 * 16 + 64) + (64 * 128 * 16 + 256) + (128 * 256 * 16 + 512) + (256 * 512 * 16 + 1024) + (
-        512 * 16 + 1
+    reference = (
+        (6 * 64 * 16 + 64)
+        + (64 * 128 * 16 + 256)
+        + (128 * 256 * 16 + 512)
+        + (256 * 512 * 16 + 1024)
+        + (512 * 16 + 1)
     )
     assert reference == 2_768_705
     assert n_params(PatchGAN(in_channels=6, ndf=64, n_layers=3, bias=False)) == 2_768_705
@@ -72,10 +76,14 @@ def test_unet_256_and_128_count_as_the_reference():
 
 def test_decoder_dropout_sits_in_the_reference_middle_blocks():
     def dropouts(num_downs: int) -> int:
-        return sum(isinstance(m, torch.nn.Dropout) for m in UNetGenerator(num_downs=num_downs, ngf=4).modules())
+        return sum(
+            isinstance(m, torch.nn.Dropout) for m in UNetGenerator(num_downs=num_downs, ngf=4).modules()
+        )
 
     assert (dropouts(8), dropouts(7), dropouts(5)) == (3, 2, 0)  # num_downs - 5
-    assert not any(isinstance(m, torch.nn.Dropout) for m in UNetGenerator(num_downs=8, ngf=4, dropout=0).modules())
+    assert not any(
+        isinstance(m, torch.nn.Dropout) for m in UNetGenerator(num_downs=8, ngf=4, dropout=0).modules()
+    )
 
 
 # ----- shapes, padding, refusals -----------------------------------------------------------------------
@@ -120,8 +128,13 @@ class TinyPairs(pl.LightningDataModule):
 def tiny_pix2pix(**kw) -> Pix2Pix:
     opt = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-3, "betas": [0.5, 0.999]}
     return Pix2Pix(
-        generator={"_target_": "genface.nets.pix2pix_unet.UNetGenerator", "in_channels": 1, "out_channels": 3,
-                   "num_downs": 5, "ngf": 8},
+        generator={
+            "_target_": "genface.nets.pix2pix_unet.UNetGenerator",
+            "in_channels": 1,
+            "out_channels": 3,
+            "num_downs": 5,
+            "ngf": 8,
+        },
         discriminator={"_target_": "genface.nets.patchgan.PatchGAN", "ndf": 8, "n_layers": 2},
         optimizer_g=opt,
         optimizer_d=dict(opt),
@@ -182,7 +195,9 @@ def test_fit_decays_the_learning_rate_and_validates_with_triplets_and_fid(tmp_pa
 
 def test_schedule_mismatch_with_max_epochs_warns(tmp_path):
     trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
-    with pytest.warns(UserWarning, match=r"lr_constant_epochs \+ model.lr_decay_epochs = 200 but trainer.max_epochs = 1"):
+    with pytest.warns(
+        UserWarning, match=r"lr_constant_epochs \+ model.lr_decay_epochs = 200 but trainer.max_epochs = 1"
+    ):
         trainer.fit(tiny_pix2pix(), datamodule=TinyPairs(n=8, batch_size=8))
 
 
@@ -201,7 +216,12 @@ def test_translator_callbacks_refuse_generators(tmp_path):
     from genface.models.dcgan import DCGAN
 
     dcgan = DCGAN(
-        generator={"_target_": "genface.nets.dcgan.DCGANGenerator", "latent_dim": 4, "width": 4, "resolution": 16},
+        generator={
+            "_target_": "genface.nets.dcgan.DCGANGenerator",
+            "latent_dim": 4,
+            "width": 4,
+            "resolution": 16,
+        },
         discriminator={"_target_": "genface.nets.dcgan.DCGANDiscriminator", "width": 4, "resolution": 16},
         optimizer_g={"_target_": "torch.optim.Adam", "_partial_": True},
         optimizer_d={"_target_": "torch.optim.Adam", "_partial_": True},
@@ -212,8 +232,9 @@ def test_translator_callbacks_refuse_generators(tmp_path):
 
 # ----- configs -----------------------------------------------------------------------------------------
 def test_model_config_on_paired_data_wires_source_and_target_channels(compose_train):
-    cfg = compose_train("model=pix2pix", "data=paired_gray", "data.resolution=32",
-                        "model.generator.num_downs=5")
+    cfg = compose_train(
+        "model=pix2pix", "data=paired_gray", "data.resolution=32", "model.generator.num_downs=5"
+    )
     model = instantiate(cfg.model)
     assert (model.generator.in_channels, model.generator.out_channels) == (1, 3)
     assert model.discriminator.net[0].in_channels == 4
@@ -223,7 +244,9 @@ def test_facades_experiment_is_the_reference_recipe_at_the_labs_count(compose_tr
     cfg = compose_train("experiment=pix2pix_facades")
     model = instantiate(cfg.model)
     assert n_params(model.generator) == 54_413_955 and n_params(model.discriminator) == 2_769_601
-    reference = instantiate(compose_train("experiment=pix2pix_facades", "model.discriminator.bias=false").model)
+    reference = instantiate(
+        compose_train("experiment=pix2pix_facades", "model.discriminator.bias=false").model
+    )
     assert n_params(reference.discriminator) == 2_768_705
     assert (model.hparams.lambda_l1, model.hparams.loss, cfg.data.direction) == (100.0, "bce", "BtoA")
     assert model.hparams.lr_constant_epochs + model.hparams.lr_decay_epochs == cfg.trainer.max_epochs == 200
@@ -241,7 +264,9 @@ def test_edges2synthfaces_experiment_builds(compose_train):
     assert any(isinstance(cb, Triplets) for cb in instantiate_group(cfg.callbacks))
 
 
-@pytest.mark.parametrize(("option", "channels"), [("paired_gray", 1), ("paired_masked", 4), ("paired_lowres", 3)])
+@pytest.mark.parametrize(
+    ("option", "channels"), [("paired_gray", 1), ("paired_masked", 4), ("paired_lowres", 3)]
+)
 def test_edges2synthfaces_recipe_takes_the_other_tasks(compose_train, option, channels):
     cfg = compose_train("experiment=pix2pix_edges2synthfaces", f"data={option}")
     assert instantiate(cfg.data).source_channels == instantiate(cfg.model).generator.in_channels == channels

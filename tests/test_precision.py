@@ -94,7 +94,7 @@ def _classify(model) -> torch.Tensor:
 
 def _vaegan() -> nn.Module:
     model = tiny_vaegan()
-    model.enable_ema(0.9)  # VAE-GAN takes no ema_decay argument: the EMA callback's way
+    model.enable_ema(0.9)  # VAE-GAN takes no ema_decay argument: its EMA shadows are checked all the same
     return model
 
 
@@ -121,7 +121,9 @@ FAMILIES: dict[str, Family] = {
 def fit(model: nn.Module, data, tmp_path, steps: int = 1, **kw) -> StepRecorder:
     recorder = StepRecorder()
     callbacks = [recorder, *kw.pop("callbacks", [])]
-    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=steps, limit_val_batches=0, callbacks=callbacks, **kw)
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=1, limit_train_batches=steps, limit_val_batches=0, callbacks=callbacks, **kw
+    )
     trainer.fit(model, data)
     return recorder
 
@@ -152,7 +154,9 @@ def test_bf16_mixed_step_keeps_the_float32_parts_float32(name, first_stage, tmp_
     if hasattr(model, "schedule"):
         s = model.schedule
         coefficients = [s.betas, s.alphas_cumprod, s.sqrt_recipm1_alphas_cumprod, s.posterior_mean_coef1]
-        assert float_dtypes(coefficients) == {torch.float64} and all(c.device.type == "cpu" for c in coefficients)
+        assert float_dtypes(coefficients) == {torch.float64} and all(
+            c.device.type == "cpu" for c in coefficients
+        )
     if name in ("ddpm", "ddgan"):  # x_t = q_sample(x0 float32): coefficients applied in float32, not bf16
         assert set(net_inputs) == {torch.float32}
     if name == "ddgan":
@@ -241,12 +245,56 @@ def test_16_mixed_grad_scaler_reaches_manual_optimisation(tmp_path):
 
     torch.manual_seed(0)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=CountingScaler("cpu"))
-    rec = fit(tiny_ddgan(r1_gamma=1.0, lazy_reg=1), TinyImages(n=32, batch_size=8), tmp_path, steps=3, plugins=[plugin])
+    rec = fit(
+        tiny_ddgan(r1_gamma=1.0, lazy_reg=1),
+        TinyImages(n=32, batch_size=8),
+        tmp_path,
+        steps=3,
+        plugins=[plugin],
+    )
     assert calls == {"scale": 6, "step": 6, "update": 6}  # D and G: two backward passes and steps per batch
     assert all(math.isfinite(v) for r in rec.rows for k, v in r.items() if "loss" in k)
 
 
 # ----- float32 where it matters, under any autocast ---------------------------------------------------------------
+#: R1 of the first batch under mixed precision vs the float32 trainer's (same seed, same weights). Its pass runs
+#: in float32 with autocast off, so only the order of float32 operations may differ (measured: equal); a bf16
+#: discriminator pass moved it by ~1 %.
+R1_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_ddgan_r1_is_float32_and_equals_the_float32_penalty(precision, tmp_path, monkeypatch):
+    """R1 takes the input gradient of D's float32, unscaled output (16-mixed: the GradScaler scales D's whole
+    loss afterwards, R1 included), so the penalty is the float32 trainer's."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    import genface.models.ddgan as ddgan_module
+
+    seen: list[tuple[torch.dtype, torch.dtype, torch.dtype, float]] = []
+    original = ddgan_module.r1_penalty
+
+    def recording(logits, inputs):
+        r1 = original(logits, inputs)
+        seen.append((logits.dtype, inputs.dtype, r1.dtype, float(r1)))
+        return r1
+
+    monkeypatch.setattr(ddgan_module, "r1_penalty", recording)
+    mixed = (
+        {"precision": precision}
+        if precision == "bf16-mixed"
+        else {"plugins": [MixedPrecision("16-mixed", "cpu")]}
+    )
+    for name, kw in (("float32", {}), (precision, mixed)):
+        torch.manual_seed(0)
+        model = tiny_ddgan(r1_gamma=1.0, lazy_reg=1)
+        perturb(model.discriminator)  # its zero-initialised output layer has no input gradient yet
+        fit(model, TinyImages(n=8, batch_size=8), tmp_path / name, **kw)
+    (*full_dtypes, full), (*mixed_dtypes, value) = seen
+    assert mixed_dtypes == full_dtypes == [torch.float32] * 3
+    assert full > 0 and value == pytest.approx(full, rel=R1_RTOL)
+
+
 def test_gan_losses_are_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = nn.Linear(4, 1)(torch.randn(8, 4))
@@ -302,8 +350,10 @@ def test_compile_falls_back_to_eager_naming_the_net_and_the_error(tmp_path, capl
     assert set(perf.compiled) == {"generator", "discriminator"}
     assert all(s.startswith("eager (BackendCompilerFailed") for s in perf.compiled.values()), perf.compiled
     for name in ("generator", "discriminator"):
-        assert any(f"torch.compile of {name} failed" in r.message and "no C compiler in this test" in r.message
-                   for r in caplog.records)
+        assert any(
+            f"torch.compile of {name} failed" in r.message and "no C compiler in this test" in r.message
+            for r in caplog.records
+        )
     assert fallback == eager  # the failing call is re-run eagerly: nothing is lost
 
 
@@ -317,24 +367,35 @@ def test_compile_keeps_parameter_names_and_checkpoints():
 
 
 def test_compile_nets_must_name_nets_of_the_module():
-    with pytest.raises(ValueError, match=r"names \['net'\], not nets of DCGAN: choose among \['discriminator', 'generator'\]"):
+    with pytest.raises(
+        ValueError, match=r"names \['net'\], not nets of DCGAN: choose among \['discriminator', 'generator'\]"
+    ):
         compile_nets(tiny_dcgan(), only=["net"])
 
 
-def test_a_compiled_discriminator_cannot_take_ddgans_r1(tmp_path):
-    """Why DD-GAN compiles its generator only (compile_nets=[generator]): R1 differentiates D's input gradient,
-    and torch.compile's graphs have no double backward; the error comes from the loss, past any fallback."""
+def test_a_compiled_discriminator_trains_with_ddgans_r1(tmp_path):
+    """torch.compile's graphs have no double backward; DD-GAN takes R1 in an eager pass of its own
+    (`discriminator.forward`), so that the discriminator can be compiled too."""
     torch.manual_seed(0)
     perf = Performance(compile=True, compile_options={"backend": "aot_eager"}, compile_nets=["discriminator"])
-    with pytest.raises(RuntimeError, match="does not currently support double backward"):
-        fit(tiny_ddgan(r1_gamma=1.0, lazy_reg=1), TinyImages(n=16, batch_size=8), tmp_path, callbacks=[perf])
+    model = tiny_ddgan(r1_gamma=1.0, lazy_reg=1)
+    perturb(model.discriminator)  # its zero-initialised output layer has no input gradient yet
+    rec = fit(model, TinyImages(n=16, batch_size=8), tmp_path, callbacks=[perf])
+    assert perf.compiled == {"discriminator": "compiled"}
+    assert math.isfinite(rec.rows[-1]["train/r1_step"]) and rec.rows[-1]["train/r1_step"] > 0
 
 
 @pytest.mark.slow
 def test_ddgan_with_a_compiled_generator_trains_with_r1(tmp_path):
     torch.manual_seed(0)
     perf = Performance(compile=True, compile_options={"backend": "aot_eager"}, compile_nets=["generator"])
-    rec = fit(tiny_ddgan(r1_gamma=1.0, lazy_reg=1), TinyImages(n=16, batch_size=8), tmp_path, steps=2, callbacks=[perf])
+    rec = fit(
+        tiny_ddgan(r1_gamma=1.0, lazy_reg=1),
+        TinyImages(n=16, batch_size=8),
+        tmp_path,
+        steps=2,
+        callbacks=[perf],
+    )
     assert perf.compiled == {"generator": "compiled"}
     assert all(math.isfinite(r["train/r1_step"]) and math.isfinite(r["train/loss_d_step"]) for r in rec.rows)
 
@@ -356,7 +417,13 @@ def test_compiled_dcgan_trains_like_eager(tmp_path):
 # ----- configs --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("trainer", "precision"),
-    [("default", "32-true"), ("cpu", "32-true"), ("ddp_cpu", "32-true"), ("gpu", "bf16-mixed"), ("ddp", "bf16-mixed")],
+    [
+        ("default", "32-true"),
+        ("cpu", "32-true"),
+        ("ddp_cpu", "32-true"),
+        ("gpu", "bf16-mixed"),
+        ("ddp", "bf16-mixed"),
+    ],
 )
 def test_trainer_precision_defaults(trainer, precision, compose_train):
     cfg = compose_train(f"trainer={trainer}")
@@ -368,7 +435,9 @@ def test_default_callbacks_hold_the_performance_switches(compose_train):
     perf = instantiate(cfg.callbacks.performance)
     assert isinstance(perf, Performance)
     assert (perf.tf32, perf.cudnn_benchmark, perf.channels_last, perf.compile) == (True, True, True, False)
-    cfg = compose_train("callbacks.performance.compile=true", "callbacks.performance.compile_options.mode=max-autotune")
+    cfg = compose_train(
+        "callbacks.performance.compile=true", "callbacks.performance.compile_options.mode=max-autotune"
+    )
     perf = instantiate(cfg.callbacks.performance)
     assert perf.compile and perf.compile_options == {"mode": "max-autotune"}
 
@@ -386,11 +455,19 @@ def test_bench_gpu_runs_every_code_path_on_cpu(tmp_path):
     assert record["notes"] == [], record["notes"]  # nothing failed, nothing skipped
     trained = {(r["family"], r["config"]) for r in record["training"]}
     assert {f for f, _ in trained} == set(FAMILIES) and {c for f, c in trained if f == "dcgan"} == {
-        "fp32", "bf16", "bf16+cl", "bf16+cl+cmp"}
-    assert all(r["images_per_s"] > 0 for section in ("training", "sampling", "fid", "data") for r in record[section])
+        "fp32",
+        "bf16",
+        "bf16+cl",
+        "bf16+cl+cmp",
+    }
+    assert all(
+        r["images_per_s"] > 0 for section in ("training", "sampling", "fid", "data") for r in record[section]
+    )
     assert record["max_batch"][0]["largest_batch_per_gpu"] >= 4
     table = (tmp_path / "bench_gpu.md").read_text()
-    assert all(title in table for title in ("## training", "## sampling", "## FID", "## data loading", "## largest"))
+    assert all(
+        title in table for title in ("## training", "## sampling", "## FID", "## data loading", "## largest")
+    )
 
 
 def test_bench_gpu_without_a_gpu_says_so_and_measures_nothing(tmp_path):

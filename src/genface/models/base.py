@@ -1,4 +1,5 @@
-"""The Generative contract that FID, sample grids, `genface sample` and the analysis tools rely on."""
+"""The Generative contract that FID, sample grids, `genface sample` and the analysis tools rely on, and the
+pieces every genface LightningModule shares: the checkpoint's class name, eval scopes, EMA, GAN training."""
 
 from __future__ import annotations
 
@@ -9,6 +10,26 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def eval_scope(net: nn.Module) -> Iterator[None]:
+    """Within the block `net` is in eval mode and nothing records gradients; its mode is restored after."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        net.train(was_training)
+
+
+class GenfaceModule(pl.LightningModule):
+    """Base of every genface LightningModule: its checkpoints name the class, so that
+    `genface.models.load_module(path)` rebuilds any of them from the checkpoint file alone."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["genface_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
 
 class EMAWeights(nn.Module):
@@ -30,13 +51,19 @@ class EMAWeights(nn.Module):
 
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
-        # Warm-up as in TF's ExponentialMovingAverage: early averages do not drag the random init along.
+        """One step of the average. Warm-up as in TF's ExponentialMovingAverage (the decay is at most
+        (1 + n) / (10 + n) after n updates), so that early averages do not drag the random init along.
+        The decay is computed on the device, in float64: no read-back, so a training step never waits."""
         self.num_updates += 1
-        n = float(self.num_updates)
-        decay = min(float(self.decay), (1.0 + n) / (10.0 + n))
+        n = self.num_updates.to(torch.float64)
+        weights: dict[torch.dtype, torch.Tensor] = {}
         for name, p in source.named_parameters():
             shadow = getattr(self, self._key(name))
-            shadow.lerp_(p.detach().to(shadow.dtype), 1.0 - decay)
+            if shadow.dtype not in weights:
+                weights[shadow.dtype] = (1.0 - torch.minimum(self.decay, (1.0 + n) / (10.0 + n))).to(
+                    shadow.dtype
+                )
+            shadow.lerp_(p.detach().to(shadow.dtype), weights[shadow.dtype])
 
     @torch.no_grad()
     def swap(self, source: nn.Module) -> None:
@@ -48,37 +75,15 @@ class EMAWeights(nn.Module):
             shadow.copy_(tmp)
 
 
-class AdversarialTraining:
-    """Manual-optimisation helpers of the adversarial modules (GANs, Pix2Pix, VAE-GAN): mixed into
-    LightningModules, they use `manual_backward` and `log_dict`."""
-
-    def optimizer_update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        """One manual-optimisation update: zero the gradients, backward (precision and DDP aware), step."""
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-
-    def log_adversarial(
-        self, loss_d: torch.Tensor, loss_g: torch.Tensor, d_real: torch.Tensor, d_fake: torch.Tensor, batch_size: int,
-        **extra: torch.Tensor,
-    ) -> None:  # fmt: skip
-        """The training curves every GAN logs: both losses and D's mean belief that reals / fakes are real
-        (probabilities, detached here), plus any `extra` train/<name> values."""
-        logs = {
-            "train/loss_d": loss_d.detach(),
-            "train/loss_g": loss_g.detach(),
-            "train/d_real": d_real.detach().mean(),
-            "train/d_fake": d_fake.detach().mean(),
-            **{f"train/{name}": value.detach() for name, value in extra.items()},
-        }
-        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-
-
-class GenerativeModule(AdversarialTraining, pl.LightningModule):
+class GenerativeModule(GenfaceModule):
     """Base of every generator family.
 
     Subclasses implement `latent_dim`, `sample_latents` and `_generate`; callers use `generate`, which
     runs in eval mode, without gradients and with EMA weights when the model keeps them.
+
+    EMA has one path: the model's own. A family that keeps one takes `ema_decay`, calls `enable_ema` in its
+    constructor and `update_ema()` right after each optimiser step of the EMA target; the averages are
+    buffers, so checkpoints carry them together with their decay.
     """
 
     #: Name of the attribute holding the network whose weights EMA averages and `generate` uses.
@@ -119,21 +124,24 @@ class GenerativeModule(AdversarialTraining, pl.LightningModule):
     def _generate(self, latents: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def sampling_scope(self) -> Iterator[None]:
+        """What `generate` samples under: the target network in eval mode, no gradients, EMA weights."""
+        with eval_scope(getattr(self, self.ema_target_name)), self.ema_scope():
+            yield
+
     def generate(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images (n, C, H, W) in [-1, 1], a deterministic function of `latents` (and `labels`)."""
         if self.num_classes and labels is None:
             raise ValueError(f"{type(self).__name__} is conditional: pass `labels` to generate()")
         latents = latents.to(self.device)
         labels = labels.to(self.device) if labels is not None else None
-        net = getattr(self, self.ema_target_name)
-        was_training = net.training
-        net.eval()
-        try:
-            with self.ema_scope():
-                return self._generate(latents, labels).clamp(-1, 1)
-        finally:
-            net.train(was_training)
+        with self.sampling_scope():
+            return self._generate(latents, labels).clamp(-1, 1)
+
+    def default_labels(self, n: int) -> torch.Tensor | None:
+        """Labels for grids and FID: cycle through the classes (conditional models override)."""
+        return None
 
     # ----- EMA ------------------------------------------------------------------------------------
     def enable_ema(self, decay: float) -> None:
@@ -161,14 +169,62 @@ class GenerativeModule(AdversarialTraining, pl.LightningModule):
             self.ema.swap(net)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Recreate the EMA container before Lightning loads the state dict into it.
-        if self.ema is None and any(k.startswith("ema.") for k in checkpoint.get("state_dict", {})):
-            self.enable_ema(0.999)
+        # A checkpoint with EMA weights gets its EMA container back before Lightning loads the state dict,
+        # with the decay it was trained with (the `ema.decay` buffer, which the state dict then loads too).
+        state = checkpoint.get("state_dict", {})
+        if self.ema is None and any(k.startswith("ema.") for k in state):
+            if "ema.decay" not in state:
+                raise ValueError(
+                    "the checkpoint holds EMA weights (state_dict 'ema.*') but no 'ema.decay': it was not "
+                    "written by genface; drop its 'ema.*' entries to load the live weights only"
+                )
+            self.enable_ema(float(state["ema.decay"]))
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lets `genface.models.load_module` rebuild any family from the checkpoint file alone.
-        checkpoint["genface_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
-    def default_labels(self, n: int) -> torch.Tensor | None:
-        """Labels for grids and FID: cycle through the classes (conditional models override)."""
-        return None
+class AdversarialTraining:
+    """Manual-optimisation helpers of the adversarial modules (GANs, Pix2Pix, VAE-GAN): mixed into
+    LightningModules, they use `manual_backward` and `log_dict`. Nothing here reads a value back to the
+    host, so a training step never waits for the device."""
+
+    def optimizer_update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One manual-optimisation update: zero the gradients, backward (precision and DDP aware), step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    @contextlib.contextmanager
+    def frozen(self, net: nn.Module) -> Iterator[None]:
+        """`net`'s parameters take no gradient within the block (e.g. D during G's update), then get their
+        previous `requires_grad` back. What `toggle_optimizer` does for two optimisers, without walking
+        every optimiser's parameter groups twice a step."""
+        params = [p for p in net.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def log_adversarial(
+        self, loss_d: torch.Tensor, loss_g: torch.Tensor, d_real: torch.Tensor, d_fake: torch.Tensor, batch_size: int,
+        **extra: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """The training curves every GAN logs: both losses and D's mean belief that reals / fakes are real
+        (probabilities, detached here), plus any `extra` train/<name> values; float32 whatever the autocast.
+
+        Logged as device tensors without `prog_bar`: the progress bar turns its values into Python floats at
+        every step, a host sync; the logger converts them every `log_every_n_steps` only."""
+        logs = {
+            "train/loss_d": loss_d.detach().float(),
+            "train/loss_g": loss_g.detach().float(),
+            "train/d_real": d_real.detach().float().mean(),
+            "train/d_fake": d_fake.detach().float().mean(),
+            **{f"train/{name}": value.detach().float() for name, value in extra.items()},
+        }
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=batch_size)
+
+
+class GANModule(AdversarialTraining, GenerativeModule):
+    """Base of the adversarial generator families (DCGAN, cGAN, DD-GAN, VAE-GAN): the Generative contract
+    plus the manual-optimisation helpers that the diffusion families do not need."""

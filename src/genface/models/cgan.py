@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss
-from genface.models.base import GenerativeModule
+from genface.models.base import GANModule
 from genface.nets.cgan import HEADS
 
 LabelKind = Literal["class", "attributes"]
 LABEL_KINDS = ("class", "attributes")
 
 
-class ConditionalGAN(GenerativeModule):
+class ConditionalGAN(GANModule):
     """cGAN on (image, label) batches; `generate(latents, labels)` with labels as the data carries them.
 
     Args:
@@ -63,13 +63,17 @@ class ConditionalGAN(GenerativeModule):
     ) -> None:
         super().__init__()
         if label_kind not in LABEL_KINDS:
-            raise ValueError(f"model.label_kind={label_kind!r} is not allowed; allowed: {', '.join(LABEL_KINDS)}")
+            raise ValueError(
+                f"model.label_kind={label_kind!r} is not allowed; allowed: {', '.join(LABEL_KINDS)}"
+            )
         if head not in HEADS:
             raise ValueError(f"model.head={head!r} is not allowed; allowed: {', '.join(HEADS)}")
         if loss not in GAN_LOSSES:
             raise ValueError(f"model.loss={loss!r} is not allowed; allowed: {', '.join(GAN_LOSSES)}")
         if not condition:
-            raise ValueError("model.condition is empty: name the classes or attributes the model is conditioned on")
+            raise ValueError(
+                "model.condition is empty: name the classes or attributes the model is conditioned on"
+            )
         if head == "multiclass" and label_kind != "class":
             raise ValueError(
                 "model.head=multiclass is the cGAN / Pix2Pix / DDPM lab's (K+1)-way classifier and needs class labels "
@@ -112,16 +116,22 @@ class ConditionalGAN(GenerativeModule):
         combo = row % 2**self.num_classes
         return ((combo[:, None] >> torch.arange(self.num_classes)) & 1).float()
 
-    def check_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class indices (N,) in [0, K) or 0/1 attribute vectors (N, K), as the data carries them."""
+    def check_labels(self, labels: torch.Tensor, check_range: bool = True) -> torch.Tensor:
+        """Class indices (N,) in [0, K) or 0/1 attribute vectors (N, K), as the data carries them.
+
+        The range check reads the labels back from the device; training checks only an epoch's first batch
+        (`check_range=False` after it), so that its steps never wait for the device.
+        """
         k = self.num_classes
         if self.label_kind == "class":
             if labels.dim() != 1 or labels.is_floating_point():
                 raise ValueError(
                     f"class-conditional model: labels must be class indices (N,), got {tuple(labels.shape)} {labels.dtype}"
                 )
-            if len(labels) and (labels.min() < 0 or labels.max() >= k):
-                raise ValueError(f"class labels must lie in [0, {k}), got {int(labels.min())}..{int(labels.max())}")
+            if check_range and len(labels) and (labels.min() < 0 or labels.max() >= k):
+                raise ValueError(
+                    f"class labels must lie in [0, {k}), got {int(labels.min())}..{int(labels.max())}"
+                )
             return labels.long()
         if labels.dim() != 2 or labels.shape[1] != k:
             raise ValueError(
@@ -146,7 +156,9 @@ class ConditionalGAN(GenerativeModule):
             return F.cross_entropy(real, y) + F.cross_entropy(fake, fake_class)
         adv = discriminator_loss(self.hparams.loss, real[:, 0], fake[:, 0])
         if self.head == "acgan":
-            adv = adv + self.hparams.aux_weight * (self._aux_loss(real[:, 1:], y) + self._aux_loss(fake[:, 1:], y))
+            adv = adv + self.hparams.aux_weight * (
+                self._aux_loss(real[:, 1:], y) + self._aux_loss(fake[:, 1:], y)
+            )
         return adv
 
     def _generator_loss(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -194,24 +206,21 @@ class ConditionalGAN(GenerativeModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         real, y = batch
-        y = self.check_labels(y)
+        y = self.check_labels(y, check_range=batch_idx == 0)
         opt_g, opt_d = self.optimizers()
         n = real.size(0)
 
-        self.toggle_optimizer(opt_d)
         for _ in range(self.hparams.d_steps):
             with torch.no_grad():
                 fake = self.generator(torch.randn(n, self.latent_dim, device=self.device), y)
             real_logits, fake_logits = self.discriminator(real, y), self.discriminator(fake, y)
             loss_d = self._discriminator_loss(real_logits, fake_logits, y)
             self.optimizer_update(opt_d, loss_d)
-        self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        fake = self.generator(torch.randn(n, self.latent_dim, device=self.device), y)
-        loss_g = self._generator_loss(self.discriminator(fake, y), y)
-        self.optimizer_update(opt_g, loss_g)
-        self.untoggle_optimizer(opt_g)
+        with self.frozen(self.discriminator):
+            fake = self.generator(torch.randn(n, self.latent_dim, device=self.device), y)
+            loss_g = self._generator_loss(self.discriminator(fake, y), y)
+            self.optimizer_update(opt_g, loss_g)
         self.update_ema()
 
         accuracy = self.class_accuracy(real_logits.detach(), y)
@@ -222,7 +231,7 @@ class ConditionalGAN(GenerativeModule):
         """D on held-out reals: acceptance (over-fitting signal) and, for heads that classify, accuracy."""
         real, y = batch
         y = self.check_labels(y)
-        logits = self.discriminator(real, y)
+        logits = self.discriminator(real, y).float()  # float32 metrics also under autocast
         logs = {"val/d_real": self.p_real(logits).mean()}
         accuracy = self.class_accuracy(logits, y)
         if accuracy is not None:

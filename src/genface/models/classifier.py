@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -33,6 +32,8 @@ from torchmetrics.classification import (
     MultilabelRecall,
     MultilabelSpecificity,
 )
+
+from genface.models.base import GenfaceModule
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def balanced_thresholds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return cuts
 
 
-class Classifier(pl.LightningModule):
+class Classifier(GenfaceModule):
     """Multi-label (BCE) or multi-class (cross-entropy) classifier of images in [-1, 1].
 
     `net` (a network with `features(x) -> (N, D)` and `forward(x) -> (N, K)` logits, e.g.
@@ -272,7 +273,8 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self._loss(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.size(0))
+        # No prog_bar: the progress bar reads its values back to the host at every step.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=x.size(0))
         return loss
 
     @property
@@ -283,7 +285,7 @@ class Classifier(pl.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, split: str
     ) -> None:
         x, y = batch
-        logits = self(x)
+        logits = self(x).float()  # metrics, losses and calibration in float32 also under autocast
         if split == "val" and self.calibrates and not self.trainer.sanity_checking:
             self._val_scores.append((logits.detach(), y.detach().float()))
         self.log(
@@ -352,10 +354,6 @@ class Classifier(pl.LightningModule):
         state = checkpoint.get("state_dict", {})
         if self.net is not None and "decision_logit" not in state:
             state["decision_logit"] = torch.zeros(self.num_outputs)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lets `genface.models.load_module` and the FID `classifier` extractor rebuild it from the file.
-        checkpoint["genface_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
 
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:

@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss
-from genface.models.base import GenerativeModule
+from genface.models.base import GANModule
 
 
-class DCGAN(GenerativeModule):
+class DCGAN(GANModule):
     """Unconditional GAN (Radford et al. 2016; DLStudio's DG1 study's DLStudio DG1 recipe by config).
 
     `generator`, `discriminator` and the optimisers are Hydra configs (plain dicts) rather than built
@@ -61,20 +61,17 @@ class DCGAN(GenerativeModule):
         kind = self.hparams.loss
         n = real.size(0)
 
-        self.toggle_optimizer(opt_d)
         for _ in range(self.hparams.d_steps):
             with torch.no_grad():
                 fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
             real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
             loss_d = discriminator_loss(kind, real_logits, fake_logits)
             self.optimizer_update(opt_d, loss_d)
-        self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
-        loss_g = generator_loss(kind, self.discriminator(fake))
-        self.optimizer_update(opt_g, loss_g)
-        self.untoggle_optimizer(opt_g)
+        with self.frozen(self.discriminator):
+            fake = self.generator(torch.randn(n, self.latent_dim, device=self.device))
+            loss_g = generator_loss(kind, self.discriminator(fake))
+            self.optimizer_update(opt_g, loss_g)
         self.update_ema()
 
         self.log_adversarial(loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), n)
@@ -82,4 +79,5 @@ class DCGAN(GenerativeModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """How confidently D accepts held-out real images: a cheap over-fitting signal beside FID."""
         real, _ = batch
-        self.log("val/d_real", torch.sigmoid(self.discriminator(real)).mean(), batch_size=real.size(0), sync_dist=True)
+        d_real = torch.sigmoid(self.discriminator(real).float()).mean()
+        self.log("val/d_real", d_real, batch_size=real.size(0), sync_dist=True)

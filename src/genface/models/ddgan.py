@@ -12,7 +12,7 @@ from torchmetrics import Metric
 
 from genface.diffusion import NoiseSchedule, q_sample_pair, sample_posterior
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss, r1_penalty
-from genface.models.base import GenerativeModule
+from genface.models.base import GANModule
 
 #: (t, x_t fed to G, G's x0 prediction) per step, CPU copies: what the denoising-path plots need.
 DenoisingSteps = list[tuple[int, Tensor, Tensor]]
@@ -52,7 +52,7 @@ class LatentLayout(NamedTuple):
     noise: dict[int, slice]
 
 
-class DDGAN(GenerativeModule):
+class DDGAN(GANModule):
     """DD-GAN with manual optimisation: per batch one discriminator step, then one generator step.
 
     Training pairs: t ~ U{0..T-1}, (x_{t-1}, x_t) ~ q (x_{-1} = data). D tells real pairs from fake ones
@@ -160,19 +160,13 @@ class DDGAN(GenerativeModule):
     def _generate(self, latents: Tensor, labels: Tensor | None) -> Tensor:
         return self._chain(latents)
 
-    @torch.no_grad()
     def generate_with_path(
         self, latents: Tensor, labels: Tensor | None = None
     ) -> tuple[Tensor, DenoisingSteps]:
         """`generate` plus the chain: one (t, x_t, predicted x0) per step, t = T-1 first (EMA weights)."""
         path: DenoisingSteps = []
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            with self.ema_scope():
-                images = self._chain(latents.to(self.device), path).clamp(-1, 1)
-        finally:
-            self.generator.train(was_training)
+        with self.sampling_scope():
+            images = self._chain(latents.to(self.device), path).clamp(-1, 1)
         return images, path
 
     # ----- training -------------------------------------------------------------------------------
@@ -209,9 +203,7 @@ class DDGAN(GenerativeModule):
         # Lightning counts one global step per optimizer step: two per batch.
         apply_r1 = self.hparams.r1_gamma > 0 and (self.global_step // 2) % self.hparams.lazy_reg == 0
 
-        self.toggle_optimizer(opt_d)
         t_d, x_prev, x_t = self._real_pair(real)
-        x_prev.requires_grad_(apply_r1)
         real_logits = self.discriminator(x_prev, x_t, t_d)
         with torch.no_grad():
             fake = self._fake_prev(x_t, t_d)
@@ -219,22 +211,36 @@ class DDGAN(GenerativeModule):
         loss_d = discriminator_loss(kind, real_logits, fake_logits)
         total_d = loss_d
         if apply_r1:
-            r1 = r1_penalty(real_logits, x_prev)
+            r1 = self._r1(x_prev, x_t, t_d)
             total_d = loss_d + 0.5 * self.hparams.r1_gamma * r1
             self.log("train/r1", r1.detach(), on_step=True, on_epoch=True, batch_size=n)
         self.optimizer_update(opt_d, total_d)
-        self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        t, _, x_t = self._real_pair(real)
-        loss_g = generator_loss(kind, self.discriminator(self._fake_prev(x_t, t), x_t, t))
-        self.optimizer_update(opt_g, loss_g)
-        self.untoggle_optimizer(opt_g)
+        with self.frozen(self.discriminator):
+            t, _, x_t = self._real_pair(real)
+            loss_g = generator_loss(kind, self.discriminator(self._fake_prev(x_t, t), x_t, t))
+            self.optimizer_update(opt_g, loss_g)
         self.update_ema()
 
-        d_real, d_fake = torch.sigmoid(real_logits.detach()), torch.sigmoid(fake_logits.detach())
+        d_real, d_fake = (
+            torch.sigmoid(real_logits.detach().float()),
+            torch.sigmoid(fake_logits.detach().float()),
+        )
         self.log_adversarial(loss_d, loss_g, d_real, d_fake, n)
         self._log_per_timestep(t_d, d_real, d_fake)
+
+    def _r1(self, x_prev: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """R1 on the real pairs in a pass of its own, in float32 with autocast off (StyleGAN2's way).
+
+        Under bf16-mixed a bf16 input gradient shifts R1 by ~1 %; under 16-mixed `autograd.grad` of the
+        float16 output bypasses the GradScaler and can underflow. Here the gradient is taken of the unscaled
+        float32 output, and the penalty joins D's loss, which `manual_backward` then scales as a whole.
+        `forward` is called directly, so a `torch.compile`d discriminator (compiled graphs have no double
+        backward) runs this pass eagerly.
+        """
+        with torch.autocast(self.device.type, enabled=False):
+            x = x_prev.detach().float().requires_grad_(True)
+            return r1_penalty(self.discriminator.forward(x, x_t.float(), t), x)
 
     def _log_per_timestep(self, t: Tensor, d_real: Tensor, d_fake: Tensor) -> None:
         """Log D's mean belief on real and fake pairs at each timestep (see the class docstring)."""
@@ -244,7 +250,7 @@ class DDGAN(GenerativeModule):
             for step in range(self.num_timesteps):
                 metric = self.d_per_timestep[f"{kind}_t{step}"]
                 metric(beliefs, at_t[step])
-                self.log(f"train/{kind}_t{step}", metric, on_step=True, on_epoch=True, prog_bar=True)
+                self.log(f"train/{kind}_t{step}", metric, on_step=True, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         # Manual optimisation: Lightning leaves scheduler stepping to the module.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -24,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from genface.losses import GAN_LOSSES, discriminator_loss, generator_loss
-from genface.models.base import AdversarialTraining
+from genface.models.base import AdversarialTraining, GenfaceModule, eval_scope
 
 
 def linear_decay(lr_constant_epochs: int, lr_decay_epochs: int):
@@ -39,7 +38,7 @@ def linear_decay(lr_constant_epochs: int, lr_decay_epochs: int):
     return factor
 
 
-class Pix2Pix(AdversarialTraining, pl.LightningModule):
+class Pix2Pix(AdversarialTraining, GenfaceModule):
     """Paired translation source -> target on `(source, target)` batches.
 
     Args:
@@ -68,7 +67,9 @@ class Pix2Pix(AdversarialTraining, pl.LightningModule):
         if loss not in GAN_LOSSES:
             raise ValueError(f"model.loss={loss!r} is not allowed; allowed: {', '.join(GAN_LOSSES)}")
         if lambda_l1 < 0 or lr_constant_epochs < 0 or lr_decay_epochs < 0:
-            raise ValueError("model.lambda_l1, model.lr_constant_epochs and model.lr_decay_epochs must be >= 0")
+            raise ValueError(
+                "model.lambda_l1, model.lr_constant_epochs and model.lr_decay_epochs must be >= 0"
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = instantiate(generator)
@@ -79,16 +80,10 @@ class Pix2Pix(AdversarialTraining, pl.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
 
     # ----- translation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         """Translations (N, C, H, W) in [-1, 1] of sources (N, C_src, H, W): eval mode, deterministic."""
-        net = self.generator
-        was_training = net.training
-        net.eval()
-        try:
-            return net(source.to(self.device)).clamp(-1, 1)
-        finally:
-            net.train(was_training)
+        with eval_scope(self.generator):
+            return self.generator(source.to(self.device)).clamp(-1, 1)
 
     # ----- training -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -116,19 +111,16 @@ class Pix2Pix(AdversarialTraining, pl.LightningModule):
         kind = self.hparams.loss
         fake = self.generator(source)
 
-        self.toggle_optimizer(opt_d)
         real_logits = self.discriminator(self._d_input(source, target))
         fake_logits = self.discriminator(self._d_input(source, fake.detach()))
         loss_d = 0.5 * discriminator_loss(kind, real_logits, fake_logits)
         self.optimizer_update(opt_d, loss_d)
-        self.untoggle_optimizer(opt_d)
 
-        self.toggle_optimizer(opt_g)
-        loss_gan = generator_loss(kind, self.discriminator(self._d_input(source, fake)))
-        loss_l1 = F.l1_loss(fake, target)
-        loss_g = loss_gan + self.hparams.lambda_l1 * loss_l1
-        self.optimizer_update(opt_g, loss_g)
-        self.untoggle_optimizer(opt_g)
+        with self.frozen(self.discriminator):
+            loss_gan = generator_loss(kind, self.discriminator(self._d_input(source, fake)))
+            loss_l1 = F.l1_loss(fake, target)
+            loss_g = loss_gan + self.hparams.lambda_l1 * loss_l1
+            self.optimizer_update(opt_g, loss_g)
 
         self.log_adversarial(
             loss_d, loss_g, torch.sigmoid(real_logits), torch.sigmoid(fake_logits), source.size(0),
@@ -140,22 +132,24 @@ class Pix2Pix(AdversarialTraining, pl.LightningModule):
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
         """L1 (in [-1, 1] units, the training term), PSNR and SSIM (in [0, 1]) of eval-mode translations.
 
         Returns the batch's translations so that callbacks (FID/KID of outputs) need not translate again.
         """
         source, target = batch
-        output = self.generator(source).clamp(-1, 1)
+        output = self.generator(source).float().clamp(-1, 1)
+        target = target.float()
         out01, target01 = (output + 1) / 2, (target + 1) / 2
-        self.val_psnr(out01, target01)
-        self.val_ssim(out01, target01)
+        # Metrics in float32 also under mixed precision: SSIM's Gaussian filter is a convolution, which
+        # autocast would run in bf16/fp16.
+        with torch.autocast(self.device.type, enabled=False):
+            self.val_psnr(out01, target01)
+            self.val_ssim(out01, target01)
         n = source.size(0)
         self.log("val/l1", F.l1_loss(output, target), batch_size=n, sync_dist=True)
         self.log("val/psnr", self.val_psnr, batch_size=n)
         self.log("val/ssim", self.val_ssim, batch_size=n)
         return {"source": source, "output": output, "target": target}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Lets `genface.models.load_module` rebuild the model from the checkpoint file alone.
-        checkpoint["genface_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

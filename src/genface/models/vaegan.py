@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from genface.losses import GAN_LOSSES, VGG16_TAPS, VGGPerceptual, discriminator_loss, generator_loss
-from genface.models.base import GenerativeModule
+from genface.models.base import GANModule
 from genface.nets.autoencoder import DiagonalGaussian
 
 REC_LOSSES = ("l1", "l2")
@@ -88,7 +88,7 @@ def class_index(labels: Tensor, num_classes: int) -> Tensor:
     return labels
 
 
-class VAEGAN(GenerativeModule):
+class VAEGAN(GANModule):
     """KL autoencoder trained with reconstruction, KL, adversarial, perceptual and centre losses.
 
     `autoencoder` (a `genface.nets.autoencoder.AutoencoderKL` config), `discriminator` (e.g. the PatchGAN;
