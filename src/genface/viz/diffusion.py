@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from genface.viz.analysis import column_header, enlarge
 from genface.viz.grids import grid_image, save_gif, stack_rows
 
 PathStep = tuple[int, Tensor, Tensor]
@@ -33,11 +33,6 @@ def evenly_spaced(count: int, k: int) -> list[int]:
     return sorted({round(i * (count - 1) / (k - 1)) for i in range(k)})
 
 
-def _enlarge(images: Tensor, min_size: int) -> Tensor:
-    factor = max(1, -(-min_size // images.shape[-1]))
-    return F.interpolate(images.float(), scale_factor=factor, mode="nearest") if factor > 1 else images
-
-
 def _check_path(path: Sequence[PathStep]) -> None:
     if not path:
         raise ValueError("the sampling path is empty")
@@ -46,16 +41,6 @@ def _check_path(path: Sequence[PathStep]) -> None:
         raise ValueError(
             f"path steps must hold (t, x_t, x0) with x_t, x0 of shape (N, C, H, W), got {tuple(x_t.shape)}"
         )
-
-
-def _header(texts: Sequence[str], cell: int, width: int) -> np.ndarray:
-    """A white strip with one label centred over each grid column."""
-    canvas = Image.new("RGB", (width, 14), "white")
-    draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(texts):
-        x = _PAD + j * (cell + _PAD) + cell // 2 - 3 * len(text)
-        draw.text((max(0, x), 1), text, fill="black")
-    return np.asarray(canvas)
 
 
 def path_strip(
@@ -69,11 +54,11 @@ def path_strip(
     rows, labels = [], []
     for i in range(n_rows):
         for name, part in (("x_t", 1), ("x0", 2)):
-            images = _enlarge(torch.stack([path[k][part][i] for k in idx]), min_size)
+            images = enlarge(torch.stack([path[k][part][i] for k in idx]), min_size)
             rows.append(grid_image(images, nrow=len(idx), padding=_PAD))
             labels.append(f"{name} #{i}")
-    cell = _enlarge(path[0][1][:1], min_size).shape[-1]
-    header = _header([f"t={path[k][0]}" for k in idx], cell, rows[0].shape[1])
+    cell = enlarge(path[0][1][:1], min_size).shape[-1]
+    header = column_header([f"t={path[k][0]}" for k in idx], cell, rows[0].shape[1])
     return stack_rows([header, *rows], labels=["", *labels])
 
 
@@ -84,8 +69,8 @@ def path_frames(
     images (the last step's x0)."""
     _check_path(path)
     n = n or path[0][1].shape[0]
-    frames = [grid_image(_enlarge(path[k][1][:n], min_size)) for k in evenly_spaced(len(path), max_frames)]
-    return [*frames, grid_image(_enlarge(path[-1][2][:n], min_size))]
+    frames = [grid_image(enlarge(path[k][1][:n], min_size)) for k in evenly_spaced(len(path), max_frames)]
+    return [*frames, grid_image(enlarge(path[-1][2][:n], min_size))]
 
 
 def path_gif(
@@ -128,7 +113,7 @@ def animation_gif(
     idx = np.linspace(0, len(path) - 1, frames - 1).round().astype(int)
     prefix = f"{title}  " if title else ""
     images = [
-        _caption(grid_image(_enlarge(path[k][1][:n], min_size)), f"{prefix}t={path[k][0]}") for k in idx
+        _caption(grid_image(enlarge(path[k][1][:n], min_size)), f"{prefix}t={path[k][0]}") for k in idx
     ]
-    images.append(_caption(grid_image(_enlarge(path[-1][2][:n], min_size)), f"{prefix}final"))
+    images.append(_caption(grid_image(enlarge(path[-1][2][:n], min_size)), f"{prefix}final"))
     return save_gif(images, out, duration=1.0 / fps)
