@@ -43,6 +43,7 @@ def untrained_judge(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # 22 s: keeps `make test` under 10 minutes
 def test_toy_run_writes_table_json_plot_and_resumes(tmp_path):
     out = tmp_path / "out"
     argv = ["--toy", "--families", ",".join(FAMILIES), "--out", str(out), "--data-dir", str(tmp_path / "data"),

@@ -283,6 +283,7 @@ def test_slurm_launcher_submits_one_ddp_job_per_run(tmp_path, monkeypatch):
     assert cfg.hydra.launcher.tasks_per_node == cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition is None
 
 
+@pytest.mark.slow  # 24 s: keeps `make test` under 10 minutes
 @pytest.mark.timeout(300)
 def test_submitit_local_runs_each_job_in_a_process_of_its_own(tmp_path, compose_train):
     # the data first: two jobs at once would both render the same synthfaces folder
