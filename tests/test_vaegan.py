@@ -10,9 +10,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from genface.callbacks.reconstruction_grid import ReconstructionGrid
+from genface.data.labels import class_index
 from genface.losses import VGGPerceptual
 from genface.models import load_generative
-from genface.models.vaegan import VAEGAN, class_index, stage_factor
+from genface.models.vaegan import VAEGAN, stage_factor
 from genface.nets.autoencoder import AutoencoderKL, DiagonalGaussian
 from helpers import StepRecorder, TinyImages, tiny_trainer
 

@@ -24,7 +24,7 @@ from genface.analysis.runs_table import (
     to_markdown,
     write_table,
 )
-from genface.viz.runs import plot_runs
+from genface.viz.run_curves import plot_runs
 
 _HYDRA_STYLE = ("sort", "filter", "out")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor
 
+from genface.data.labels import class_index
 from genface.diffusion import (
     PRED_TYPES,
     NoiseSchedule,
@@ -264,20 +265,11 @@ class DDPM(GenerativeModule):
             return None
         if labels is None:
             raise ValueError(f"this DDPM is conditional (num_classes={self.num_classes}): labels are required")
-        if labels.is_floating_point():
-            if labels.ndim == 2 and labels.shape[1] == 1 and self.num_classes == 2:
-                return labels[:, 0].round().long()
-            raise ValueError(
-                f"DDPM's UNet embeds class indices: labels must be long (N,) in [0, {self.num_classes}), or one "
-                f"binary attribute (N, 1) with model.num_classes=2; got float {tuple(labels.shape)}. "
-                "Multi-attribute conditioning needs a UNet with a multi-hot label embedding."
-            )
-        labels = labels.reshape(-1).long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"class labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
-            )
-        return labels
+        return class_index(
+            labels, self.num_classes,
+            context="DDPM's UNet embeds class indices (multi-attribute conditioning needs a UNet with a "
+            "multi-hot label embedding): ",
+        )
 
     # ----- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from genface.data.labels import class_index
 from genface.losses import GAN_LOSSES, VGG16_TAPS, VGGPerceptual, discriminator_loss, generator_loss
 from genface.models.base import GANModule
 from genface.nets.autoencoder import DiagonalGaussian
@@ -71,21 +72,6 @@ def stage_factor(start: int, ramp: int, epoch: int) -> float:
     if epoch < start:
         return 0.0
     return min(1.0, (epoch - start + 1) / ramp) if ramp else 1.0
-
-
-def class_index(labels: Tensor, num_classes: int) -> Tensor:
-    """Class indices (N,) long from class labels (N,) or one binary attribute (N, 1) (num_classes = 2)."""
-    if labels.is_floating_point():
-        if labels.ndim == 2 and labels.shape[1] == 1 and num_classes == 2:
-            return labels[:, 0].round().long()
-        raise ValueError(
-            f"labels must be class indices (N,) or one binary attribute (N, 1) with num_classes=2; got float "
-            f"{tuple(labels.shape)} with num_classes={num_classes}"
-        )
-    labels = labels.reshape(-1).long()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"class labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    return labels
 
 
 class VAEGAN(GANModule):
