@@ -6,6 +6,7 @@ Every recipe (src/genface/conf/experiment/NAME.yaml) documents itself in its hea
   what      (required) what the recipe trains, in a line
   study     the study it reproduces, one of STUDIES
   reported  what the study reported: numbers with their protocol
+  differs   every way the recipe differs from its study, and why (required with `study`; tests/test_docs.py)
   measured  what genface measured with the recipe (date, machine)
   verified  what the tests here check about it (parameter counts are asserted in tests/)
   needs     what a real run needs that a CPU checkout lacks (data, GPUs)
@@ -34,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from genface.config import CONF_DIR
 
 DOCS = Path(__file__).resolve().parent
-FIELDS = ("what", "study", "reported", "measured", "verified", "needs")
+FIELDS = ("what", "study", "reported", "differs", "measured", "verified", "needs")
 #: The studies the project reproduces, by the names the project gives them, in the reproductions table's order.
 STUDIES = (
     "the DD-GAN latent-analysis study",
@@ -85,8 +86,9 @@ def read_fields(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: the header has no `#| what:` line (what the recipe trains)")
     if fields.get("study", STUDIES[0]) not in STUDIES:
         raise ValueError(f"{path}: `#| study: {fields['study']}` is not one of: {'; '.join(STUDIES)}")
-    if "reported" in fields and "study" not in fields:
-        raise ValueError(f"{path}: `#| reported:` needs a `#| study:` line naming the study that reported it")
+    for key in ("reported", "differs"):
+        if key in fields and "study" not in fields:
+            raise ValueError(f"{path}: `#| {key}:` needs a `#| study:` line naming the study it refers to")
     return fields
 
 
@@ -209,13 +211,22 @@ def experiments_table(recipes: list[Recipe]) -> str:
 
 def reproductions_table(recipes: list[Recipe]) -> str:
     rows = [
-        [r.fields["study"], r.get("reported"), f"`{r.name}`", r.protocol, r.get("verified"), r.get("needs")]
+        [
+            r.fields["study"],
+            r.get("reported"),
+            f"`{r.name}`",
+            r.get("differs"),
+            r.protocol,
+            r.get("verified"),
+            r.get("needs"),
+        ]
         for r in sorted(
             (r for r in recipes if "study" in r.fields),
             key=lambda r: (STUDIES.index(r.fields["study"]), r.name),
         )
     ]
-    return _table(["study", "reported", "recipe", "protocol here", "verified here", "needs"], rows)
+    differs = "differs from the study (and why)"
+    return _table(["study", "reported", "recipe", differs, "protocol here", "verified here", "needs"], rows)
 
 
 #: file -> (marker, table builder)

@@ -53,6 +53,18 @@ def test_verified_parameter_counts_are_asserted_in_the_tests(recipes):
     assert not missing, missing
 
 
+def test_every_recipe_that_names_a_study_says_how_it_differs(recipes):
+    """A reproduction says where it departs from its study and why (`#| differs:`, "nothing known" if none),
+    and the reproductions table shows it."""
+    missing = [r.name for r in recipes if "study" in r.fields and not r.fields.get("differs", "").strip()]
+    assert not missing, f"recipes naming a study without a `#| differs:` line: {missing}"
+    table = gen.reproductions_table(recipes)
+    assert "| differs from the study (and why) |" in table.splitlines()[0]
+    for recipe in recipes:
+        if "study" in recipe.fields:
+            assert gen._cell(recipe.fields["differs"]) in table, recipe.name
+
+
 @pytest.mark.parametrize(
     ("header", "match"),
     [
@@ -60,6 +72,7 @@ def test_verified_parameter_counts_are_asserted_in_the_tests(recipes):
         ("#| study: DLStudio's DG1 study\n", r"no `#\| what:` line"),
         ("#| what: x\n#| study: seed 001\n", r"`#\| study: seed 001` is not one of: the DD-GAN latent-analysis study"),
         ("#| what: x\n#| reported: FID 1\n", r"`#\| reported:` needs a `#\| study:` line"),
+        ("#| what: x\n#| differs: nothing known\n", r"`#\| differs:` needs a `#\| study:` line"),
     ],
 )
 def test_bad_recipe_headers_name_the_field(tmp_path, header, match):
