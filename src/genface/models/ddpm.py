@@ -330,7 +330,7 @@ class DDPM(GenerativeModule):
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         t = torch.randint(0, self.schedule.num_timesteps, (n,), device=self.device)
         loss = self._loss(x0, y, t, torch.randn_like(x0))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

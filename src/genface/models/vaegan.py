@@ -15,6 +15,7 @@ ramped in linearly over some epochs).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -149,6 +150,7 @@ class VAEGAN(GANModule):
         # Counts autoencoder updates (Lightning's global_step counts both optimisers): drives KL warm-up and
         # the GAN switch, and is checkpointed so that a resumed run continues the schedule.
         self.register_buffer("ae_steps", torch.zeros((), dtype=torch.long))
+        self._host_steps: int | None = None  # ae_steps as a Python int: read once, then counted on the host
 
     def _check_stages(
         self, kl_warmup_steps: int, disc_start: int, center_weight: float, class_weight: float, has_d: bool
@@ -213,12 +215,23 @@ class VAEGAN(GANModule):
             return None
         return stage_factor(*self.stages[name], self.current_epoch)
 
+    @property
+    def updates_done(self) -> int:
+        """Autoencoder updates so far (the `ae_steps` buffer, which checkpoints keep), read from the device once
+        and then counted here, so that the per-step loss weights cost no host sync."""
+        if self._host_steps is None:
+            self._host_steps = int(self.ae_steps)
+        return self._host_steps
+
+    def on_train_start(self) -> None:
+        self._host_steps = None  # a resumed run's buffer was restored after construction
+
     def kl_weight_now(self) -> float:
         """KL weight now: by stage, or by linear warm-up from 0 over `kl_warmup_steps` updates."""
         factor = self.stage("kl")
         if factor is None:
             warm = self.hparams.kl_warmup_steps
-            factor = min(1.0, float(self.ae_steps) / warm) if warm else 1.0
+            factor = min(1.0, self.updates_done / warm) if warm else 1.0
         return self.hparams.kl_weight * factor
 
     def loss_weights(self) -> dict[str, float]:
@@ -235,7 +248,7 @@ class VAEGAN(GANModule):
         if self.discriminator is not None:
             factor = self.stage("gan")
             weights["gan"] = (
-                float(int(self.ae_steps) >= self.hparams.disc_start) if factor is None else factor
+                float(self.updates_done >= self.hparams.disc_start) if factor is None else factor
             )
         return weights
 
@@ -303,8 +316,31 @@ class VAEGAN(GANModule):
         gan_on = weights.get("gan", 0.0) > 0
         logs: dict[str, Tensor] = {}
 
-        if opt_d is not None:
-            self.toggle_optimizer(opt_ae)
+        # D takes no gradient from the autoencoder's update (its own update below sees only detached images)
+        with self.frozen(self.discriminator) if opt_d is not None else contextlib.nullcontext():
+            loss, rec, rec_loss, kl = self._autoencoder_update(opt_ae, x, target, weights, gan_on, logs)
+
+        if gan_on:
+            loss_d = discriminator_loss(
+                self.hparams.gan_loss, self.discriminator(x), self.discriminator(rec.detach())
+            )
+            self.optimizer_update(opt_d, loss_d)
+            logs["train/loss_d"] = loss_d.detach()
+        self.ae_steps += 1
+        self._host_steps = self.updates_done + 1
+
+        logs.update({"train/loss": loss.detach(), "train/rec": rec_loss.detach(), "train/kl": kl.detach()})
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=x.size(0))
+        self.log_dict(
+            {f"train/w_{name}": float(w) for name, w in weights.items()},
+            on_step=True, on_epoch=False, batch_size=x.size(0),
+        )  # fmt: skip
+
+    def _autoencoder_update(
+        self, opt_ae: Any, x: Tensor, target: Tensor, weights: dict[str, float], gan_on: bool,
+        logs: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One update of the encoder and decoder (and class head, centres): (loss, reconstructions, L_rec, KL)."""
         posterior = self.encode(x)
         rec = self.decode(posterior.sample())
         rec_loss = self.reconstruction_loss(rec, x)
@@ -324,25 +360,7 @@ class VAEGAN(GANModule):
             loss = loss + weights["gan"] * d_weight * g_loss
             logs.update({"train/loss_g": g_loss.detach(), "train/d_weight": d_weight})
         self.optimizer_update(opt_ae, loss)
-        if opt_d is not None:
-            self.untoggle_optimizer(opt_ae)
-
-        if gan_on:
-            self.toggle_optimizer(opt_d)
-            loss_d = discriminator_loss(
-                self.hparams.gan_loss, self.discriminator(x), self.discriminator(rec.detach())
-            )
-            self.optimizer_update(opt_d, loss_d)
-            self.untoggle_optimizer(opt_d)
-            logs["train/loss_d"] = loss_d.detach()
-        self.ae_steps += 1
-
-        logs.update({"train/loss": loss.detach(), "train/rec": rec_loss.detach(), "train/kl": kl.detach()})
-        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.size(0))
-        self.log_dict(
-            {f"train/w_{name}": float(w) for name, w in weights.items()},
-            on_step=True, on_epoch=False, batch_size=x.size(0),
-        )  # fmt: skip
+        return loss, rec, rec_loss, kl
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Reconstruction quality of held-out images from the posterior mean: L1, PSNR and SSIM on [0, 1]."""
