@@ -172,6 +172,7 @@ def test_ddp_latent_diffusion_loads_its_first_stage_on_every_rank(tmp_path, comp
             assert torch.equal(zero["state"]["first_stage." + name.removeprefix("autoencoder.")], tensor), name
 
 
+@pytest.mark.slow  # 27 s; tests/test_launch.py covers the argv it relies on, fast
 @pytest.mark.timeout(500)
 def test_multirun_of_ddp_jobs_keeps_each_rank_in_its_job(tmp_path):
     """`genface train -m seed=1,2 trainer=ddp_cpu` (DCGAN): each job's two ranks run that job (same seed, same

@@ -350,6 +350,7 @@ def wandb_records(path: Path):
             parts = b""
 
 
+@pytest.mark.slow  # 12 s: keeps `make test` under 10 minutes
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # enqueue_trial
 def test_a_crashed_trial_is_failed_and_the_study_goes_on(tmp_path):
