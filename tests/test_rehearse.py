@@ -4,25 +4,31 @@ and, in the slow tests, one dress rehearsal per real-data recipe on the 2-core C
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from genface.budget import analysis_images, analysis_plan, sampled_images, sampling_plan, shortened_steps
 from genface.config import compose_train
 from genface.rehearse import (
+    ANALYSIS_KEYS,
     NEEDS,
+    OWN_KEYS,
     REAL_DATA,
     SMALL_MACHINE_BATCH,
+    TRAINS_AS,
     Rehearsal,
     append_row,
+    is_analysis,
     layout_of,
     needed_images,
     rehearsal_overrides,
     rehearse,
-    sampled_images,
-    sampling_plan,
-    shortened_steps,
     write_markdown,
 )
+from test_analysis import HalvesGenerator, halves_classifier, save_module
 
 
 @pytest.mark.parametrize("experiment", sorted(REAL_DATA))
@@ -90,15 +96,96 @@ def test_sampling_plan_measures_the_recipes_sampler(tmp_path):
 @pytest.mark.parametrize("experiment", sorted(REAL_DATA))
 def test_dress_rehearsal(experiment, tmp_path, tmp_path_factory):
     """The recipe unchanged on its stand-in (full model, configured N, callbacks, checkpoints, DDP on CPU),
-    two epochs of two batches and a resume. Latent diffusion rehearses on a rehearsed VAE-GAN's checkpoint."""
+    two epochs of two batches and a resume. Latent diffusion rehearses on a rehearsed VAE-GAN's checkpoint, the
+    latent analysis trains its DD-GAN and analyses it with a rehearsed classifier."""
     overrides = [f"experiment={experiment}", f"paths.data_dir={tmp_path_factory.getbasetemp()}/data"]
-    if experiment in NEEDS:  # latent diffusion: on the first stage of a VAE-GAN rehearsal
-        first = rehearse(["experiment=vaegan_celeba64", *overrides[1:]], tmp_path / "vaegan_celeba64")
-        assert first.status == "passed"
-        overrides.append(NEEDS[experiment].format(root=tmp_path))
-    row = rehearse(overrides, tmp_path / "rehearsal", batch=SMALL_MACHINE_BATCH.get(experiment))
+    keys = {}
+    for need in NEEDS.get(experiment, []):
+        key, value = need.split("=", 1)
+        if key == "generator":
+            continue  # trained here, as `genface rehearse` does without generator=
+        first = value.split("{root}/", 1)[1].split("/", 1)[0]  # the rehearsal that writes that checkpoint
+        if not (tmp_path / first).is_dir():
+            assert rehearse([f"experiment={first}", *overrides[1:]], tmp_path / first).status == "passed"
+        (keys if key in OWN_KEYS else {}).update({key: Path(value.format(root=tmp_path))})
+        if key not in OWN_KEYS:
+            overrides.append(need.format(root=tmp_path))
+    row = rehearse(overrides, tmp_path / "rehearsal", batch=SMALL_MACHINE_BATCH.get(experiment), **keys)
     assert row.status == "passed"
     assert "checkpoints/last.ckpt" in row.wrote
+    if experiment in TRAINS_AS:
+        assert "analysis/report.md" in row.wrote and row.analysis["s_per_image"] > 0
+
+
+@pytest.mark.parametrize("analysis", sorted(TRAINS_AS))
+def test_analysis_recipe_trains_its_generator_as_the_recipe_it_names(analysis, tmp_path):
+    """`rehearse all` analyses the named recipe's rehearsed checkpoint: the training must be the same."""
+    paths = [f"paths.data_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
+    a = compose_train([f"experiment={analysis}", *paths])
+    b = compose_train([f"experiment={TRAINS_AS[analysis]}", *paths])
+    assert is_analysis(a) and not is_analysis(b)
+    a, b = OmegaConf.to_container(a), OmegaConf.to_container(b)  # as written: the run folders differ
+    for group in ("data", "model", "trainer", "callbacks", "metrics", "seed"):
+        assert a[group] == b[group], group
+    assert f"generator={{root}}/{TRAINS_AS[analysis]}/run/checkpoints/last.ckpt" in NEEDS[analysis]
+
+
+def test_analysis_keys_are_what_only_analyze_knows(tmp_path):
+    paths = [f"paths.log_dir={tmp_path}"]
+    only = set(compose_train(paths, "analyze")) - set(compose_train(paths))
+    assert only == set(ANALYSIS_KEYS)
+
+
+def test_analysis_images_follow_the_recipe(tmp_path):
+    cfg = compose_train(["experiment=ddgan_latent_analysis_celebahq128", f"paths.log_dir={tmp_path}"], "analyze")
+    fixed, scaled = analysis_images(cfg)
+    assert fixed == 8 * 8 * (4 + 5)  # top 8 attributes, 8 rows, original/+a/+a cond./-a and five alphas
+    # 30,000 samples; 512 originals and a plain and a conditional edit of each per attribute; the rejection
+    # cap, with and without the latent pre-filter
+    assert scaled == {"sample.n": 30000, "edit.n": 512 * 17, "reject.max_images": 2 * 30000}
+
+
+ANALYSIS_SETTINGS = ["experiment=latent_analysis_synthfaces", "progress=false", "directions.min_count=5", "edit.top_k=2",
+                     "edit.n_show=2", "reject.condition='Left=1,Right=0'", "reject.k=4", "project.attributes=[Left]",
+                     "project.methods=[pca]"]
+
+
+@pytest.fixture
+def analysed(tmp_path) -> tuple[Path, Path]:
+    """A generator and a classifier checkpoint whose analysis is quick (test_analysis's halves)."""
+    return (Path(save_module(HalvesGenerator(), tmp_path / "g.ckpt")),
+            Path(save_module(halves_classifier(), tmp_path / "c.ckpt")))
+
+
+def test_analysis_plan_measures_and_cuts_past_the_budget(analysed, tmp_path):
+    """Sizes shrink by one factor past the budget, never below one image or the edit pictures' rows."""
+    cfg = compose_train([*ANALYSIS_SETTINGS, f"paths.log_dir={tmp_path}"], config_name="analyze")
+    plan = analysis_plan(cfg, *analysed, budget_h=1e-9, batch=4)
+    assert plan["s_per_image"] > 0 and plan["images"] == 2 * 2 * 9 + 4000 + 256 * 5 + 2 * 4000
+    assert plan["rehearsed_with"] == {"sample.n": 1, "edit.n": 2, "reject.max_images": 1}
+    assert "rehearsed_with" not in analysis_plan(cfg, *analysed, budget_h=1e9)
+    with pytest.raises(ValueError, match="classifier=PATH"):
+        rehearse([*ANALYSIS_SETTINGS, f"paths.log_dir={tmp_path}"], tmp_path / "r", generator=analysed[0])
+    with pytest.raises(ValueError, match="are for analysis recipes"):
+        rehearse(["experiment=dcgan_dg1_celeba64", "sample.n=5"], tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_analysis_rehearsal_runs_the_analysis_cut_to_the_budget(analysed, tmp_path, monkeypatch):
+    """An analysis recipe on given checkpoints: `genface analyze task=all` writes its report at the cut sizes
+    (about 400 images' worth), and the row says all of it."""
+    monkeypatch.setenv("GENFACE_TRUSTED_MODULES", "test_analysis")  # the halves nets live in the tests
+    monkeypatch.setenv("PYTHONPATH", f"{Path(__file__).parent}:{os.environ.get('PYTHONPATH', '')}")
+    settings = [*ANALYSIS_SETTINGS, f"paths.log_dir={tmp_path}"]
+    per_image = analysis_plan(compose_train(settings, "analyze"), *analysed, budget_h=1e9, batch=4)["s_per_image"]
+    row = rehearse(settings, tmp_path / "r", generator=analysed[0], classifier=analysed[1],
+                   sampling_budget_h=400 * per_image * 1.5 / 3600)
+    assert row.status == "passed" and row.train_s == 0 and row.analysis_s > 0
+    sizes = row.analysis["rehearsed_with"]
+    assert 0 < sizes["sample.n"] < 4000 and sizes["edit.n"] < 256
+    assert f"analysed sample.n={sizes['sample.n']}" in row.note and "generator: " in row.note
+    assert {"analysis/report.md", "analysis/samples/samples.json", "analysis/edit/summary.md"} <= set(row.wrote)
+    assert json.loads((tmp_path / "r" / "analysis" / "samples" / "samples.json").read_text())["n"] == sizes["sample.n"]
 
 
 def test_real_data_lists_every_recipe_on_a_real_dataset(tmp_path):

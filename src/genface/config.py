@@ -141,16 +141,16 @@ def require_smoke_overlay(cfg: DictConfig) -> None:
         )
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
-    """The config `genface train overrides...` composes, with its run directory resolved, without starting
-    a Hydra run (no run folder is created)."""
+def compose_train(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The config `genface train overrides...` composes (or another command's: `config_name="analyze"`), with
+    its run directory resolved, without starting a Hydra run (no run folder is created)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):  # the one `${hydra:...}` of the tree: where the run would write
         cfg.paths.output_dir = str(cfg.hydra.run.dir)
         del cfg["hydra"]

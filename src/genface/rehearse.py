@@ -11,7 +11,7 @@ time, peak memory and what the run wrote go to a JSON table (`table=`), from whi
 One thing can make a rehearsal impossible on a small machine: an iterative sampler's cost. A 64 px DDPM that
 samples FID's 2,048 images with 1,000 ancestral steps runs its 92 M-parameter U-Net 2 million times, weeks
 on 2 CPU cores. Before training, the rehearsal measures the cost of one network evaluation per image
-(:func:`sampling_plan`) and, when everything the run samples (FID's fakes, sample grid, denoising paths)
+(:func:`genface.budget.sampling_plan`) and, when everything the run samples (FID's fakes, sample grid, denoising paths)
 would exceed `sampling_budget_h` hours, samples with DDIM over as many steps as the budget allows, never
 fewer FID images, and records the measured cost and the projected time of the recipe's own sampler in
 the table. Nothing else changes.
@@ -21,8 +21,15 @@ per rank on 2 CPU ranks, had a rank killed by the kernel at 16.6 GiB on a 24 GiB
 `batch=N` sets the global batch of such a rehearsal and says so in the table's note; the recipe's own batch
 is what it runs with on GPUs.
 
+An analysis recipe (one with `sample`/`directions` settings, run by `genface analyze`) is rehearsed in both
+halves: its generator's training as above (or, with `generator=PATH`, the checkpoint of the rehearsal of the
+recipe it trains as, :data:`TRAINS_AS`), then `genface analyze task=all` on that generator and the rehearsed
+classifier (`classifier=PATH`) with the recipe's settings. Its cost is measured first (:func:`analysis_plan`:
+seconds per image generated and judged, images per task at the recipe's sizes); past `sampling_budget_h` the
+sample count, edited latents and rejection cap shrink by one factor, pictures stay whole, and the note says so.
+
     genface rehearse experiment=ddgan_celebahq128 [steps=2] [out=DIR] [standin=DIR] [table=FILE]
-                     [sampling_budget_h=1] [batch=N] [overrides]
+                     [sampling_budget_h=1] [batch=N] [generator=CKPT] [classifier=CKPT] [overrides]
     genface rehearse all table=docs/rehearsals.json     # every real-data recipe; also writes the .md table
 """
 
@@ -41,6 +48,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from genface.budget import SAMPLING_BUDGET_H, analysis_plan, sampling_plan
 from genface.data.layouts import FACADES_SPLITS, write_standin
 
 #: DataModule class -> stand-in layout; recipes on embedded data (synthfaces, digits) need none.
@@ -53,9 +61,7 @@ LAYOUT_OF = {
 }
 #: Share of the validation partition in CelebA's list_eval_partition.txt (19,867 of 202,599).
 CELEBA_VAL = 19867 / 202599
-OWN_KEYS = ("steps", "out", "standin", "table", "n", "sampling_budget_h", "batch")
-#: Default hours of sampling a rehearsal may spend (FID fakes + pictures) before it shortens the sampler.
-SAMPLING_BUDGET_H = 1.0
+OWN_KEYS = ("steps", "out", "standin", "table", "n", "sampling_budget_h", "batch", "generator", "classifier")
 #: Every shipped recipe that reads a real dataset, with its stand-in layout, in an order where a stage
 #: comes before the recipe that needs it, cheapest first (`genface rehearse all`).
 REAL_DATA = {
@@ -79,8 +85,18 @@ REAL_DATA = {
 #: Global batch of the rehearsals whose recipe batch exceeds a 24 GiB machine's memory as 2 CPU ranks (DD-GAN
 #: at 128 px: the kernel killed a rank holding 16.6 GiB at 48 images per rank), used by `all` and the slow tests.
 SMALL_MACHINE_BATCH = {"ddgan_celebahq128": 16, "ddgan_latent_analysis_celebahq128": 16, "ddgan_celebahq256": 4}
-#: Overrides a recipe needs from an earlier rehearsal (relative to the rehearsals' folder).
-NEEDS = {"latent_diffusion_smiling_celeba64": "model.first_stage_ckpt={root}/vaegan_celeba64/run/checkpoints/last.ckpt"}
+#: Overrides (and rehearsal keys) a recipe needs from earlier rehearsals, `{root}` being the rehearsals' folder.
+NEEDS = {
+    "latent_diffusion_smiling_celeba64": ["model.first_stage_ckpt={root}/vaegan_celeba64/run/checkpoints/last.ckpt"],
+    "ddgan_latent_analysis_celebahq128": ["generator={root}/ddgan_celebahq128/run/checkpoints/last.ckpt",
+                                          "classifier={root}/celeba_attr_resnet18_256/run/checkpoints/last.ckpt"],
+}
+#: Keys of `genface analyze`'s config that `genface train`'s lacks (tested): overrides of these go to the analysis.
+ANALYSIS_KEYS = ("batch_size", "classifier", "device", "directions", "edit", "generator", "out", "progress",
+                 "project", "reject", "sample", "samples", "task", "train_classifier")
+#: Analysis recipes whose generator training is another recipe's, config for config (tested): `all` analyses
+#: that rehearsal's checkpoint instead of training the same model twice.
+TRAINS_AS = {"ddgan_latent_analysis_celebahq128": "ddgan_celebahq128"}
 
 
 @dataclass
@@ -101,6 +117,15 @@ class Rehearsal:
     #: iterative samplers only: the recipe's sampler and steps, the measured seconds per network
     #: evaluation per image, the images sampled, the projected hours, and what the rehearsal ran instead
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: analysis recipes only: seconds of `genface analyze task=all`, and its measured cost plan
+    analysis_s: float = 0.0
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+
+def is_analysis(cfg: DictConfig) -> bool:
+    """A recipe that `genface analyze` runs: its generator's settings and `task: pipeline` (analysis.yaml's
+    task that trains what is missing, then analyses)."""
+    return cfg.get("task") == "pipeline"
 
 
 def layout_of(cfg: DictConfig) -> str | None:
@@ -160,64 +185,6 @@ def rehearsal_overrides(cfg: DictConfig, steps: int) -> list[str]:
     return out
 
 
-def sampled_images(cfg: DictConfig) -> int:
-    """Images one round of the run's periodic outputs samples: FID's fakes, the sample grid, denoising paths."""
-    total = 0
-    for group in ("metrics", "callbacks"):
-        for node in (cfg.get(group) or {}).values():
-            if isinstance(node, DictConfig) and "_target_" in node:
-                total += int(node.get("n_fake", 0) or 0) + int(node.get("n", 0) or 0)
-    return total
-
-
-def shortened_steps(per_step_s: float, steps: int, images: int, budget_s: float) -> int | None:
-    """DDIM steps that sample `images` within `budget_s` at `per_step_s` seconds per image and sampler step
-    (at least 1), or None when the recipe's `steps` fit."""
-    if per_step_s * steps * images <= budget_s:
-        return None
-    return max(1, min(steps - 1, int(budget_s // (per_step_s * images))))
-
-
-def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str, Any]:
-    """Measured cost of the recipe's iterative sampler, and the overrides that fit it into `budget_h` hours.
-
-    Builds the full-size model and times `generate` on `batch` latents with DDIM over 1 and 3 steps: the
-    difference is two sampler steps (two network evaluations, four under classifier-free guidance), so the
-    decoding and setup around them cancel. Untrained weights cost what trained ones do. Empty for models
-    without an iterative sampler (`sampler`/`sample_steps` attributes and `sampling_timesteps`).
-    """
-    import hydra
-    import torch
-
-    model = hydra.utils.instantiate(cfg.model)
-    if not all(hasattr(model, a) for a in ("sampler", "sample_steps", "sampling_timesteps")):
-        return {}
-    model.setup("fit")  # what Lightning calls first (latent diffusion loads its first stage there)
-    if float(getattr(model, "latent_scale", 1.0)) == 0.0:
-        model.latent_scale.fill_(1.0)  # measured on the first batch in training; any value costs the same
-    steps = len(model.sampling_timesteps)
-    guided = getattr(model, "num_classes", 0) and getattr(model, "guidance_scale", 1.0) != 1.0
-    recipe = {"sampler": model.sampler, "steps": steps, "nfe_per_image": steps * (2 if guided else 1)}
-    model.eval()
-    model.sampler, timings = "ddim", []
-    latents = model.sample_latents(batch, generator=torch.Generator().manual_seed(0))
-    labels = model.default_labels(batch) if hasattr(model, "default_labels") else None
-    for n_steps in (1, 3):
-        model.sample_steps = n_steps
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(latents, labels)
-        timings.append(time.perf_counter() - start)
-    per_step = max(timings[1] - timings[0], 1e-6) / 2 / batch  # one sampler step of one image (guidance included)
-    images = sampled_images(cfg)
-    plan = {**recipe, "s_per_step_per_image": round(per_step, 5), "images": images,
-            "projected_h": round(per_step * steps * images / 3600, 2)}
-    short = shortened_steps(per_step, steps, images, budget_h * 3600)
-    if short is not None:
-        plan["rehearsed_with"] = {"sampler": "ddim", "steps": short}
-    return plan
-
-
 def _run(command: list[str], log: Path) -> tuple[float, float]:
     """Run `command` with its output in `log`; (wall seconds, peak RSS in MiB of it and the ranks it waited for)."""
     start = time.monotonic()
@@ -234,12 +201,15 @@ def _run(command: list[str], log: Path) -> tuple[float, float]:
 
 def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | None = None,
              n: int | None = None, sampling_budget_h: float = SAMPLING_BUDGET_H,
-             batch: int | None = None) -> Rehearsal:
-    """Stand-in, training, resume and checks of one recipe; raises on any failure (the row says why)."""
+             batch: int | None = None, generator: Path | None = None,
+             classifier: Path | None = None) -> Rehearsal:
+    """Stand-in, training, resume and checks of one recipe, and an analysis recipe's analysis; raises on any
+    failure (the row says why)."""
     from genface.check import _world_size
     from genface.config import compose_train
-    from genface.models import load_module
 
+    settings = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in ANALYSIS_KEYS]
+    overrides = [o for o in overrides if o not in settings]
     cfg = compose_train(overrides)
     experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "?")
     row = Rehearsal(experiment=experiment, date=time.strftime("%Y-%m-%d"))
@@ -271,13 +241,39 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         notes.append(f"sampled with DDIM-{short['steps']}: the recipe's {row.sampling['sampler']}-"
                      f"{row.sampling['steps']} over {row.sampling['images']} images would take "
                      f"{row.sampling['projected_h']:.0f} h here")
-    row.note = "; ".join(notes)
+    analysis = is_analysis(cfg)
+    if analysis and (classifier is None or not Path(classifier).is_file()):
+        raise ValueError(f"{experiment} analyses with a trained attribute classifier: give classifier=PATH (e.g. "
+                         f"the checkpoint of `genface rehearse experiment=celeba_attr_resnet18_256`), got {classifier}")
+    if (generator is not None or settings) and not analysis:
+        raise ValueError(f"generator= and analysis settings ({settings}) are for analysis recipes; {experiment} "
+                         "is not one (it has no `task: pipeline`)")
     out.mkdir(parents=True, exist_ok=True)
     run_dir, resume_dir = out / "run", out / "resume"
-    for stale in (run_dir, resume_dir):  # a rehearsal proves what it writes itself
+    for stale in (run_dir, resume_dir, out / "analysis"):  # a rehearsal proves what it writes itself
         shutil.rmtree(stale, ignore_errors=True)
-    base = [sys.executable, "-m", "genface", "train", *overrides, *extra, *rehearsal_overrides(cfg, steps)]
-    row.world_size = _world_size(compose_train([*overrides, *rehearsal_overrides(cfg, steps)]).trainer)[1]
+    if generator is None:
+        train_on = extra + rehearsal_overrides(cfg, steps)
+        generator = _train_and_resume(row, [*overrides, *train_on], run_dir, resume_dir, out)
+    else:
+        notes.append(f"generator: {generator} (training rehearsed as {TRAINS_AS.get(experiment, '?')}, "
+                     "the same model, data and trainer)")
+    if analysis:
+        _analyse(row, [*overrides, *settings], Path(generator), Path(classifier), out / "analysis", sampling_budget_h, notes)
+    row.note = "; ".join(notes)
+    row.status = "passed"
+    return row
+
+
+def _train_and_resume(row: Rehearsal, command: list[str], run_dir: Path, resume_dir: Path, out: Path) -> Path:
+    """Two short epochs of the recipe, then a resume from last.ckpt for one batch; fills the row's training
+    columns and returns the checkpoint."""
+    from genface.check import _world_size
+    from genface.config import compose_train
+    from genface.models import load_module
+
+    base = [sys.executable, "-m", "genface", "train", *command]
+    row.world_size = _world_size(compose_train(command).trainer)[1]
     row.train_s, rss = _run([*base, f"hydra.run.dir={run_dir}"], out / "train.log")
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
@@ -299,8 +295,31 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         for epoch in json.loads(report.read_text()):  # one dict per epoch; keep each metric's latest value
             row.metrics.update({k: float(v) for k, v in epoch.items()
                                 if isinstance(v, (int, float)) and math.isfinite(v) and "/" in k})
-    row.status = "passed"
-    return row
+    return last
+
+
+def _analyse(row: Rehearsal, overrides: list[str], generator: Path, classifier: Path,
+             out: Path, budget_h: float, notes: list[str]) -> None:
+    """`genface analyze task=all` with the recipe's settings on `generator` and `classifier`, cut to the budget."""
+    from genface.config import compose_train
+
+    cfg = compose_train(overrides, config_name="analyze")  # the recipe's analysis settings over analyze.yaml's
+    row.analysis = analysis_plan(cfg, generator, classifier, budget_h)
+    sizes = row.analysis.get("rehearsed_with", {})
+    if sizes:
+        notes.append("analysed " + ", ".join(f"{k}={v}" for k, v in sizes.items()) + " (the recipe's "
+                     f"{cfg.sample.n}/{cfg.edit.n}/{cfg.reject.max_images} would take "
+                     f"{row.analysis['projected_h']:.1f} h here at {row.analysis['s_per_image']} s per image)")
+    command = [sys.executable, "-m", "genface", "analyze", *overrides, "task=all", f"generator={generator}",
+               f"classifier={classifier}", f"hydra.run.dir={out}", *(f"{k}={v}" for k, v in sizes.items())]
+    row.analysis_s, rss = _run(command, out.parent / "analysis.log")
+    if not (out / "report.md").is_file():
+        raise RuntimeError(f"the analysis wrote no {out}/report.md")
+    notes.append(f"analysis (genface analyze task=all) {row.analysis_s / 60:.1f} min")
+    row.peak_rss_mib = max(row.peak_rss_mib, rss)
+    row.wrote += sorted(str(p.relative_to(out.parent)) for p in out.rglob("*")
+                        if p.is_file() and p.suffix in (".md", ".png", ".npz", ".json") and ".hydra" not in p.parts
+                        and "images" not in p.parts)
 
 
 def append_row(table: Path, row: Rehearsal) -> None:
@@ -316,6 +335,10 @@ def append_row(table: Path, row: Rehearsal) -> None:
 def write_markdown(table: Path, out: Path) -> None:
     """The docs table of a JSON rehearsal table."""
     rows = json.loads(table.read_text())
+
+    def minutes(seconds: float) -> str:  # `-`: not run by this rehearsal (an analysis of another's checkpoint)
+        return f"{seconds / 60:.1f} min" if seconds else "-"
+
     lines = [
         "| recipe | status | stand-in | ranks | train (2 epochs) | resume | peak RSS | FID / KID at the recipe's N | wrote |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -326,8 +349,8 @@ def write_markdown(table: Path, out: Path) -> None:
         kinds = sorted({w.split("/")[0] if "/" in w else w for w in r["wrote"]})
         lines.append(
             f"| `{r['experiment']}` | {r['status']}{' (' + r['note'] + ')' if r['note'] else ''} | "
-            f"{r['standin'] or 'embedded'} | {r['world_size']} | {r['train_s'] / 60:.1f} min | "
-            f"{r['resume_s'] / 60:.1f} min | {r['peak_rss_mib'] / 1024:.1f} GiB | {fid} | {', '.join(kinds)} |"
+            f"{r['standin'] or 'embedded'} | {r['world_size']} | {minutes(r['train_s'])} | "
+            f"{minutes(r['resume_s'])} | {r['peak_rss_mib'] / 1024:.1f} GiB | {fid} | {', '.join(kinds)} |"
         )
     out.write_text("\n".join(lines) + "\n")
 
@@ -339,7 +362,9 @@ def _one(experiment: str, overrides: list[str], own: dict[str, str], out: Path) 
                        standin=Path(own["standin"]) if own.get("standin") else None,
                        n=int(own["n"]) if own.get("n") else None,
                        sampling_budget_h=float(own.get("sampling_budget_h", SAMPLING_BUDGET_H)),
-                       batch=int(own["batch"]) if own.get("batch") else None)
+                       batch=int(own["batch"]) if own.get("batch") else None,
+                       generator=Path(own["generator"]) if own.get("generator") else None,
+                       classifier=Path(own["classifier"]) if own.get("classifier") else None)
     except Exception as err:
         row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         print(f"genface rehearse {experiment}: FAILED: {err}", file=sys.stderr)
@@ -362,10 +387,13 @@ def main(argv: list[str] | None = None) -> None:
     if overrides[:1] == ["all"]:  # every real-data recipe, each in <out>/<experiment>
         rows = []
         for experiment in REAL_DATA:
-            needs = [NEEDS[experiment].format(root=root)] if experiment in NEEDS else []
-            batch = {"batch": str(SMALL_MACHINE_BATCH[experiment])} if experiment in SMALL_MACHINE_BATCH else {}
-            rows.append(_one(experiment, [f"experiment={experiment}", *overrides[1:], *needs], {**batch, **own},
-                             root / experiment))
+            needs = [need.format(root=root) for need in NEEDS.get(experiment, [])]
+            keys = {k: v for k, v in (n.split("=", 1) for n in needs) if k in OWN_KEYS}
+            if experiment in SMALL_MACHINE_BATCH:
+                keys["batch"] = str(SMALL_MACHINE_BATCH[experiment])
+            rows.append(_one(experiment, [f"experiment={experiment}", *overrides[1:],
+                                          *(n for n in needs if n.split("=", 1)[0] not in OWN_KEYS)],
+                             {**keys, **own}, root / experiment))
         raise SystemExit(0 if all(r.status == "passed" for r in rows) else 1)
     if not any(o.startswith("experiment=") for o in overrides):
         raise SystemExit("genface rehearse needs experiment=NAME (a shipped recipe) or `all`")
