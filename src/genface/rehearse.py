@@ -214,7 +214,7 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
     experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "?")
     row = Rehearsal(experiment=experiment, date=time.strftime("%Y-%m-%d"))
     notes = []
-    if batch is not None and batch != int(cfg.data.batch_size):
+    if batch is not None and generator is None and batch != int(cfg.data.batch_size):  # batches only training
         notes.append(f"global batch {batch} (the recipe's {cfg.data.batch_size} does not fit this machine's memory)")
         overrides = [*overrides, f"data.batch_size={batch}"]
         cfg = compose_train(overrides)
