@@ -61,9 +61,11 @@ def finite_checkpoint(path) -> dict:
     return saved
 
 
-def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("defer", [False, True], ids=["now", "deferred"])
+def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, defer):
+    """Deferred (a GPU's mode): step 6 is judged at step 7's end, step 7 at the epoch's end, before its save."""
     dm = TinyImages(n=32, resolution=8, batch_size=8)  # 4 batches an epoch
-    trainer, last = run(tmp_path, DivergenceGuard(patience=2))
+    trainer, last = run(tmp_path, DivergenceGuard(patience=2, defer=defer))
     with pytest.raises(TrainingDiverged, match=r"diverged at global step 8 \(epoch 1\).*train/loss"):
         trainer.fit(Breaks(break_at=6), dm)  # NaN losses at steps 6 and 7
     report = json.loads((tmp_path / "diverged.json").read_text())
@@ -94,6 +96,9 @@ def test_max_loss_and_argument_errors(tmp_path):
     trainer, _ = run(tmp_path, DivergenceGuard(patience=1, max_loss=1e-12))
     with pytest.raises(TrainingDiverged, match="global step 1 "):
         trainer.fit(Breaks(break_at=10**6), TinyImages(n=32, resolution=8, batch_size=8))
+    trainer, _ = run(tmp_path, DivergenceGuard(patience=1, max_loss=1e-12, defer=True))
+    with pytest.raises(TrainingDiverged, match="global step 2 "):  # step 0's loss, read at step 1's end
+        trainer.fit(Breaks(break_at=10**6), TinyImages(n=32, resolution=8, batch_size=8))
     with pytest.raises(ValueError, match="patience must be >= 1"):
         DivergenceGuard(patience=0)
     with pytest.raises(ValueError, match="max_loss must be positive"):
@@ -107,12 +112,13 @@ def test_other_exceptions_still_save_last_checkpoint(tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 6
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["now", "deferred"])
 @pytest.mark.parametrize("max_epochs", [5, 2], ids=["mid-run", "last-epoch"])
-def test_nan_on_the_last_step_of_an_epoch_stops_before_the_epoch_end_save(tmp_path, max_epochs):
+def test_nan_on_the_last_step_of_an_epoch_stops_before_the_epoch_end_save(tmp_path, max_epochs, defer):
     """NaN weights from the last step of epoch 1 (steps 4-7): within patience 3, yet the guard stops at once,
     before the end-of-epoch save, writes diverged.json and says what last.ckpt holds; also when epoch 1 is the
     run's last (the run would otherwise end "successfully" with NaN weights and no diverged.json)."""
-    trainer, last = run(tmp_path, DivergenceGuard(patience=3), max_epochs=max_epochs)
+    trainer, last = run(tmp_path, DivergenceGuard(patience=3, defer=defer), max_epochs=max_epochs)
     with pytest.raises(TrainingDiverged) as caught:
         trainer.fit(Breaks(break_at=7, how="nan"), TinyImages(n=32, resolution=8, batch_size=8))
     message = str(caught.value)

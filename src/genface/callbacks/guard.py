@@ -8,6 +8,11 @@ losses with finite weights (a skipped mixed-precision step) stop it after `patie
 it tells every `FiniteCheckpoint` to save nothing more, writes `diverged.json` in the run directory (step, epoch,
 the offending values, the checkpoints written and what they hold) and raises `TrainingDiverged`: the run ends
 with a clear error that says which checkpoint holds the last finite weights (a sweeper records a failed trial).
+
+Reading a loss on the host waits for the device to finish the step. On a GPU that stall, every step, keeps the
+host from queuing the next step's kernels, so there the guard copies a step's losses to the host asynchronously
+and judges them at the end of the next step (or of the epoch, before validation and the epoch-end save): a
+divergence is seen at most one step later, and never after a checkpoint could take it in.
 """
 
 from __future__ import annotations
@@ -37,30 +42,75 @@ class DivergenceGuard(pl.Callback):
         max_loss: also stop when a training loss exceeds this absolute value (None: only non-finite).
         check_params_every_n_steps: how often to check the weights for NaN/inf besides the steps with a bad
             loss (0: only then).
+        defer: judge a step's losses at the next step's end, from an asynchronous copy (see the module's
+            docstring); None: when the losses live on a CUDA device (on a CPU reading them costs nothing).
     """
 
-    def __init__(self, patience: int = 3, max_loss: float | None = None, check_params_every_n_steps: int = 100) -> None:
+    def __init__(self, patience: int = 3, max_loss: float | None = None, check_params_every_n_steps: int = 100,
+                 defer: bool | None = None) -> None:
         if patience < 1 or check_params_every_n_steps < 0:
             raise ValueError("callbacks.divergence_guard: patience must be >= 1, check_params_every_n_steps >= 0")
         if max_loss is not None and not max_loss > 0:
             raise ValueError(f"callbacks.divergence_guard.max_loss must be positive or null, got {max_loss}")
         self.patience, self.max_loss, self.check_params_every = patience, max_loss, check_params_every_n_steps
+        self.defer = defer
         self.bad_steps = 0
         self._batches = 0
+        #: a deferred step's loss names, their values being copied to the host, the copy's CUDA event
+        self._pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
 
-    def _bad_losses(self, trainer: pl.Trainer) -> dict[str, float]:
-        bad = {}
+    @staticmethod
+    def _losses(trainer: pl.Trainer) -> tuple[list[str], torch.Tensor | None]:
+        """This step's training losses as one float32 tensor on their device (no read-back)."""
+        names, values = [], []
         for name, value in trainer.callback_metrics.items():
             if "loss" not in name or not name.startswith("train/") or name.endswith("_epoch"):
                 continue
-            v = float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
-            if not math.isfinite(v) or (self.max_loss is not None and abs(v) > self.max_loss):
-                bad[name] = v
-        return bad
+            names.append(name)
+            values.append(value.detach().float().mean() if isinstance(value, torch.Tensor) else torch.tensor(value))
+        if not values:
+            return names, None
+        device = values[0].device
+        return names, torch.stack([v.to(device) for v in values])
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self._flush(trainer, pl_module)  # the previous step's losses, copied during this step
         self._batches += 1
-        bad = self._bad_losses(trainer)
+        names, values = self._losses(trainer)
+        defer = self.defer if self.defer is not None else (values is not None and values.is_cuda)
+        if not defer or values is None:
+            self._judge(trainer, pl_module, names, values.tolist() if values is not None else [])
+            return
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=values.is_cuda)
+        host.copy_(values, non_blocking=True)
+        event = None
+        if values.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (names, host, event)
+
+    def _flush(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None:
+            return
+        names, host, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()  # long done by the next step's end: no wait in practice
+        self._judge(trainer, pl_module, names, host.tolist())
+
+    # before validation (FID of a diverged model) and the epoch-end and final saves
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer, pl_module)
+
+    def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, names: list[str], values: list[float]) -> None:
+        bad = {n: v for n, v in zip(names, values)
+               if not math.isfinite(v) or (self.max_loss is not None and abs(v) > self.max_loss)}
         self.bad_steps = self.bad_steps + 1 if bad else 0
         weights: list[str] = []
         if bad or (self.check_params_every and self._batches % self.check_params_every == 0):
