@@ -158,11 +158,12 @@ def analysed(tmp_path) -> tuple[Path, Path]:
 
 
 def test_analysis_plan_measures_and_cuts_past_the_budget(analysed, tmp_path):
-    """Sizes shrink by one factor past the budget, never below one image or the edit pictures' rows."""
+    """Sizes shrink by one factor past the budget, never below what each task needs: 13 samples can hold 5
+    positive and 5 negative training samples (a fifth held out), 2 edit rows, 4 proposals for k=4."""
     cfg = compose_train([*ANALYSIS_SETTINGS, f"paths.log_dir={tmp_path}"], config_name="analyze")
     plan = analysis_plan(cfg, *analysed, budget_h=1e-9, batch=4)
     assert plan["s_per_image"] > 0 and plan["images"] == 2 * 2 * 9 + 4000 + 256 * 5 + 2 * 4000
-    assert plan["rehearsed_with"] == {"sample.n": 1, "edit.n": 2, "reject.max_images": 1}
+    assert plan["rehearsed_with"] == {"sample.n": 13, "edit.n": 2, "reject.max_images": 4}
     assert "rehearsed_with" not in analysis_plan(cfg, *analysed, budget_h=1e9)
     with pytest.raises(ValueError, match="classifier=PATH"):
         rehearse([*ANALYSIS_SETTINGS, f"paths.log_dir={tmp_path}"], tmp_path / "r", generator=analysed[0])

@@ -92,14 +92,24 @@ def analysis_images(cfg: DictConfig) -> tuple[int, dict[str, int]]:
     }
 
 
+def analysis_floors(cfg: DictConfig) -> dict[str, int]:
+    """The smallest sizes at which each analysis task can still give its result: samples in which every
+    attribute could have `min_count` positive and negative training samples (a direction), the edit pictures'
+    rows, and as many rejection proposals as images wanted."""
+    d = cfg.directions
+    return {"sample.n": math.ceil(2 * int(d.min_count) / (1 - float(d.test_fraction))),
+            "edit.n": int(cfg.edit.n_show), "reject.max_images": int(cfg.reject.k)}
+
+
 def analysis_plan(cfg: DictConfig, generator: Path, classifier: Path, budget_h: float,
                   batch: int = 8) -> dict[str, Any]:
     """Measured cost of the analysis, and the sizes that fit it into `budget_h` hours.
 
     Times the generator's `generate` and the classifier's `predict_proba` on `batch` latents (the second of
     two calls: the first pays one-off allocations) and projects :func:`analysis_images`. Past the budget, the
-    sample count, edited latents and rejection cap shrink by one factor (never below one image, or the
-    edit pictures' rows), as they are lengths; the pictures, attributes, alpha and condition stay the recipe's.
+    sample count, edited latents and rejection cap shrink by one factor, as they are lengths, but never below
+    what lets each task give its result (:func:`analysis_floors`); the pictures, attributes, alpha and
+    condition stay the recipe's.
     """
     import torch
 
@@ -122,6 +132,7 @@ def analysis_plan(cfg: DictConfig, generator: Path, classifier: Path, budget_h: 
         share = max(0.0, budget_h * 3600 / per_image - fixed) / sum(scaled.values())
         recipe = {"sample.n": int(cfg.sample.n), "edit.n": int(cfg.edit.n),
                   "reject.max_images": int(cfg.reject.max_images)}
-        plan["rehearsed_with"] = {key: max(math.ceil(value * share), int(cfg.edit.n_show) if key == "edit.n" else 1)
+        floors = analysis_floors(cfg)
+        plan["rehearsed_with"] = {key: min(value, max(math.ceil(value * share), floors[key]))
                                   for key, value in recipe.items()}
     return plan
