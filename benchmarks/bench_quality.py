@@ -42,18 +42,18 @@ from hydra.utils import instantiate
 from torchmetrics.utilities import dim_zero_cat
 
 from benchmarks.common import OUT, machine
-from benchmarks.quality_train import FAMILIES, compose_run, train_family, write_json
+from benchmarks.quality_train import FAMILIES, Stage, compose_run, train_family, write_json
 
 log = logging.getLogger("bench_quality")
 
 #: Settings per mode; explicit options win. `toy`: the tests' tiny extractor, never a reported FID.
 MODES = {
     "full": dict(out=OUT / "quality", budget_min=20.0, kid_every_min=5.0, n_fid=2048, n_curve=512, batch=64,
-                 extractor="inception"),
+                 extractor="inception", kid_subset_size=1000, allow_low_n=False),
     "quick": dict(out=OUT / "quality_quick", budget_min=2.0, kid_every_min=1.0, n_fid=512, n_curve=128, batch=64,
-                  extractor="inception"),
+                  extractor="inception", kid_subset_size=1000, allow_low_n=True),
     "toy": dict(out=OUT / "quality_toy", budget_min=0.05, kid_every_min=0.025, n_fid=32, n_curve=16, batch=16,
-                extractor="tiny"),
+                extractor="tiny", kid_subset_size=1000, allow_low_n=True),
 }  # fmt: skip
 #: Settings that define the protocol: a rerun into the same --out must use the same ones. The judge is not one of
 #: them: a rerun with another `--judge` (or `--n-cond`) re-judges the conditional families' final checkpoints.
@@ -62,50 +62,70 @@ PROTOCOL_KEYS = ("mode", "budget_min", "kid_every_min", "stage_one_share", "thre
 REAL_SPLIT = "train"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def protocol_parser(description: str, modes: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
+    """The options of the protocol, shared with the scripts that run it on other sets of recipes (ab_ddgan.py);
+    those left unset take the mode's value (`finish_args`), the help says the full mode's."""
+    full = modes["full"]
+    p = argparse.ArgumentParser(description=description)
     p.add_argument(
-        "--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}"
+        "--budget-min", type=float, help=f"training wall-clock budget per run ({full['budget_min']:g})"
     )
-    p.add_argument("--budget-min", type=float, help="training wall-clock budget per family (full: 20)")
-    p.add_argument("--kid-every-min", type=float, help="checkpoint (curve point) interval (full: 5)")
-    p.add_argument("--stage-one-share", type=float, default=0.5, help="latent diffusion's VAE-GAN share")
+    p.add_argument(
+        "--kid-every-min", type=float, help=f"checkpoint (curve point) interval ({full['kid_every_min']:g})"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for training and scoring")
-    p.add_argument("--n-fid", type=int, help="fakes and reals for FID/KID (full: 2048)")
-    p.add_argument("--n-curve", type=int, help="fakes per curve point, against the --n-fid reals (full: 512)")
-    p.add_argument("--batch", type=int, help="sampling and feature batch (full: 64)")
-    p.add_argument("--extractor", choices=("inception", "tiny"), help="feature extractor (toy: tiny)")
+    p.add_argument("--n-fid", type=int, help=f"fakes and reals for FID/KID ({full['n_fid']})")
     p.add_argument(
-        "--allow-low-n", action="store_true", help="FID below the feature dimension (quick/toy: on)"
+        "--n-curve", type=int, help=f"fakes per curve point, against the --n-fid reals ({full['n_curve']})"
     )
-    p.add_argument("--judge", help="genface classifier checkpoint for conditional accuracy (synthfaces_attr)")
-    p.add_argument("--n-cond", type=int, default=512, help="samples judged for conditional accuracy")
+    p.add_argument("--batch", type=int, help=f"sampling and feature batch ({full['batch']})")
+    p.add_argument("--extractor", choices=("inception", "tiny"), help="feature extractor (toy: tiny)")
+    p.add_argument("--allow-low-n", action="store_true", default=None, help="FID below the feature dimension")
     p.add_argument(
         "--seed", type=int, default=1234, help="seed of the scored latents (genface's FID default)"
     )
     p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--kid-subset-size", type=int, help=f"KID subset size ({full['kid_subset_size']})")
     p.add_argument("--data-dir", help="paths.data_dir of the runs (default: genface's, ./data)")
     p.add_argument("--out", type=Path)
+    return p
+
+
+def finish_args(
+    p: argparse.ArgumentParser, args: argparse.Namespace, modes: dict[str, dict[str, Any]]
+) -> None:
+    """Fill the options left unset from `modes[args.mode]` and check them."""
+    for key, value in modes[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.kid_every_min <= 0 or args.budget_min <= 0:
+        p.error("--budget-min and --kid-every-min must be > 0")
+    if args.n_curve > args.n_fid:
+        p.error("--n-curve must not exceed --n-fid")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = protocol_parser(__doc__.splitlines()[0], MODES)
+    p.add_argument(
+        "--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}"
+    )
+    p.add_argument("--stage-one-share", type=float, default=0.5, help="latent diffusion's VAE-GAN share")
+    p.add_argument("--judge", help="genface classifier checkpoint for conditional accuracy (synthfaces_attr)")
+    p.add_argument("--n-cond", type=int, default=512, help="samples judged for conditional accuracy")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="2 min per family, N 512 (low-N FID): a dry run")
     mode.add_argument("--toy", action="store_true", help="seconds per family, smoke nets, tiny extractor")
     p.add_argument("--readme", action="store_true", help="print the README section when done")
     args = p.parse_args(argv)
     args.mode = "toy" if args.toy else "quick" if args.quick else "full"
-    for key, value in MODES[args.mode].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.allow_low_n = args.allow_low_n or args.mode != "full"
+    finish_args(p, args, MODES)
     args.judge = str(Path(args.judge).resolve()) if args.judge else None
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = sorted(set(args.families) - set(FAMILIES))
     if unknown:
         p.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
-    if not 0 < args.stage_one_share < 1 or args.kid_every_min <= 0 or args.budget_min <= 0:
-        p.error("--stage-one-share must lie in (0, 1), --budget-min and --kid-every-min must be > 0")
-    if args.n_curve > args.n_fid:
-        p.error("--n-curve must not exceed --n-fid")
+    if not 0 < args.stage_one_share < 1:
+        p.error("--stage-one-share must lie in (0, 1)")
     return args
 
 
@@ -408,39 +428,55 @@ def family_datamodule(record: dict[str, Any], args: argparse.Namespace) -> tuple
     return datamodule, f"{cfg.paths.cache_dir}/fid"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Train, score and report the families; returns what was trained and scored by this call."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    protocol = check_protocol(args)
-    results: dict[str, dict[str, Any]] = {}
-    for family in FAMILIES:
-        path = args.out / family / "result.json"
-        if family not in args.families and path.is_file():
-            results[family] = json.loads(path.read_text())
+def load_results(out: Path, names: list[str], skip: list[str]) -> dict[str, dict[str, Any]]:
+    """Results already in `out` of those `names` not in `skip` (the ones this call trains and scores anew)."""
+    paths = {name: out / name / "result.json" for name in names if name not in skip}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
+
+
+def train_and_score(
+    args: argparse.Namespace, runs: dict[str, tuple[Stage, ...]], results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Train and score every run (a name and its stages, in `args.out/name/`), adding its result (or its error) to
+    `results`; returns what was trained, scored and failed. One run's failure leaves the others running."""
     summary: dict[str, Any] = {"trained": {}, "scored": {}, "failed": {}}
     scorer = None
-    for family in args.families:
+    for name, stages in runs.items():
         try:
-            record = train_family(family, args.out, args.budget_min * 60, args.kid_every_min * 60,
+            record = train_family(name, stages, args.out, args.budget_min * 60, args.kid_every_min * 60,
                                   args.stage_one_share, args.toy, args.data_dir)  # fmt: skip
             datamodule, cache_dir = family_datamodule(record, args)
             scorer = scorer or Scorer(args, datamodule, cache_dir)
             ids = {r["dataset_id"] for r in results.values() if "dataset_id" in r} | {datamodule.dataset_id}
             if len(ids) > 1:  # the protocol's "same data": never score against another set's statistics
-                raise RuntimeError(f"{family}: data {datamodule.dataset_id} differs from the others' ({ids})")
-            outcome = score_family(family, record, datamodule, scorer, args)
-        except Exception as err:  # noqa: BLE001 - one family's failure must not lose the others' hours
-            log.error("%s failed:\n%s", family, traceback.format_exc())
+                raise RuntimeError(f"{name}: data {datamodule.dataset_id} differs from the others' ({ids})")
+            outcome = score_family(name, record, datamodule, scorer, args)
+        except Exception as err:  # noqa: BLE001 - one run's failure must not lose the others' hours
+            log.error("%s failed:\n%s", name, traceback.format_exc())
             message = " ".join(f"{type(err).__name__}: {err}".replace("|", "/").split())  # one table cell
-            results[family] = {"error": message[:200]}
-            summary["failed"][family] = str(err)
+            results[name] = {"error": message[:200]}
+            summary["failed"][name] = str(err)
             continue
-        summary["trained"][family] = record["trained"]
-        summary["scored"][family] = outcome.pop("scored")
-        results[family] = outcome
+        summary["trained"][name] = record["trained"]
+        summary["scored"][name] = outcome.pop("scored")
+        results[name] = outcome
+    return summary
+
+
+def begin(args: argparse.Namespace, names: list[str], chosen: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's common start (here and in ab_ddgan.py): logging, threads, the output folder, the protocol check
+    against an earlier run's, and the results so far of `names` (`chosen` being rerun)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return check_protocol(args), load_results(args.out, names, chosen)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train, score and report the families; returns what was trained and scored by this call."""
+    args = parse_args(argv)
+    protocol, results = begin(args, list(FAMILIES), args.families)
+    summary = train_and_score(args, {family: FAMILIES[family] for family in args.families}, results)
     md = report(args, protocol, results)
     if args.readme:
         print(md)

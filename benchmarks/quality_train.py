@@ -1,4 +1,5 @@
-"""Training side of `bench_quality.py`: each family's shipped recipe, trained for a wall-clock budget.
+"""Training side of `bench_quality.py` (and `ab_ddgan.py`): each family's shipped recipe, or a variant of it,
+trained for a wall-clock budget.
 
 A family is one or two *stages* (latent diffusion: its VAE-GAN first stage, then the diffusion), each a
 `genface train experiment=...` run, composed with `genface.config.compose_train` and fitted in this process
@@ -251,21 +252,21 @@ def train_stage(
 
 
 def train_family(
-    family: str, out: Path, budget_s: float, every_s: float, stage_one_share: float, toy: bool,
-    data_dir: str | None,
+    name: str, stages: tuple[Stage, ...], out: Path, budget_s: float, every_s: float, stage_one_share: float,
+    toy: bool, data_dir: str | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Every stage of `family` within the shared budget: stage one (latent diffusion's VAE-GAN) gets
-    `stage_one_share` of it and no marks; the sampling stage the rest, with marks every `every_s` of total
-    time. Returns {stages: {name: {overrides, final}}, trained: [stages trained now], final, marks}."""
+    """Every stage of `stages` (a family's in `FAMILIES`, or a variant of them) within the shared budget, each in
+    `out/name/<stage>`: stage one (latent diffusion's VAE-GAN) gets `stage_one_share` of it and no marks; the
+    sampling stage the rest, with marks every `every_s` of total time.
+    Returns {stages: {name: {overrides, final}}, trained: [stages trained now], final, marks}."""
     from genface.config import compose_train
 
-    stages = FAMILIES[family]
     record: dict[str, Any] = {"stages": {}, "trained": []}
     start_s, extra = 0.0, ()
     for i, stage in enumerate(stages):
         last = i == len(stages) - 1
         overrides = stage_overrides(stage, toy, extra)
-        run_dir = out / family / stage.name
+        run_dir = out / name / stage.name
         budget = budget_s if last else budget_s * stage_one_share
         final, trained = train_stage(overrides, run_dir, budget, every_s if last else None, start_s, data_dir)
         record["stages"][stage.name] = {

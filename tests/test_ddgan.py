@@ -3,7 +3,10 @@ checkpoints (including those saved before `min_channels_per_group`), configs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
@@ -188,6 +191,49 @@ def test_cosine_decay_steps_once_per_epoch(tmp_path):
     # After max_epochs cosine steps both rates sit at lr_min.
     assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-5)
     assert opt_d.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+class LRRecorder(pl.Callback):
+    """Both optimizers' learning rates after every training batch."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.rows.append(tuple(opt.param_groups[0]["lr"] for opt in trainer.optimizers))
+
+
+def test_cosine_steps_decays_per_batch_without_max_epochs_and_resumes(tmp_path):
+    """A budget-ended run (max_epochs -1): the cosine runs over `cosine_steps` batches, then holds at lr_min,
+    and a checkpoint resumes it mid-way."""
+    lr, lr_min, total = 2e-3, 1e-5, 3
+    expected = [
+        lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)) for k in range(1, 6)
+    ]
+    rec = LRRecorder()
+    # One batch per epoch (8 images, batch 8), two global steps per batch: 3 batches, a checkpoint, then 2 more.
+    first = tiny_trainer(tmp_path, max_epochs=-1, max_steps=6, limit_val_batches=0, callbacks=[rec])
+    model = tiny_ddgan(use_cosine=True, lr_min=lr_min, cosine_steps=total)
+    first.fit(model, datamodule=TinyImages(n=8, batch_size=8))
+    first.save_checkpoint(tmp_path / "mid.ckpt")
+    resumed = tiny_trainer(tmp_path, max_epochs=-1, max_steps=10, limit_val_batches=0, callbacks=[rec])
+    resumed.fit(
+        tiny_ddgan(use_cosine=True, lr_min=lr_min, cosine_steps=total),
+        datamodule=TinyImages(n=8, batch_size=8),
+        ckpt_path=tmp_path / "mid.ckpt",
+    )
+    assert [g for g, _ in rec.rows] == pytest.approx(expected)
+    # D starts from its own rate (the helper gives both 2e-3) and ends at the same floor.
+    assert [d for _, d in rec.rows] == pytest.approx(expected)
+    assert rec.rows[-1] == pytest.approx((lr_min, lr_min))
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(use_cosine=False, cosine_steps=10), dict(use_cosine=True, cosine_steps=0)]
+)
+def test_cosine_steps_needs_the_cosine_and_a_positive_count(kw):
+    with pytest.raises(ValueError, match="model.cosine_steps"):
+        tiny_ddgan(**kw)
 
 
 def test_validation_logs_discriminator_accuracy(tmp_path):

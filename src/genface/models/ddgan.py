@@ -3,6 +3,8 @@ step is a conditional GAN, so that T = 2..4 steps suffice (the DD-GAN latent-ana
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -40,6 +42,12 @@ class WeightedMean(Metric):
         return self.total / self.weight
 
 
+def cosine_factor(step: int, total: int, floor: float) -> float:
+    """The LR multiplier `step` steps into a cosine from 1 to `floor` over `total` steps, `floor` after them
+    (CosineAnnealingLR would rise again past its T_max)."""
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 class LatentLayout(NamedTuple):
     """Where each random input lives in DD-GAN's flat latent (n, D); keys of `z` and `noise` are timesteps.
 
@@ -66,8 +74,10 @@ class DDGAN(GANModule):
     collapse that is not there.
 
     Nets and optimisers are Hydra configs (plain dicts) so that `load_from_checkpoint` can rebuild them.
-    With `use_cosine` both learning rates follow a cosine from their initial value to `lr_min` over
-    `trainer.max_epochs`, stepped once per epoch (the paper's CosineAnnealingLR, eta_min 1e-5).
+    With `use_cosine` both learning rates follow a cosine from their initial value to `lr_min`: over
+    `trainer.max_epochs`, stepped once per epoch (the paper's CosineAnnealingLR, eta_min 1e-5), or, with
+    `cosine_steps`, over that many batches (one step of each optimizer), stepped per batch and held at `lr_min`
+    afterwards: the form for a run that a wall-clock budget or `max_steps`, not an epoch count, ends.
     """
 
     def __init__(
@@ -85,6 +95,7 @@ class DDGAN(GANModule):
         ema_decay: float | None = 0.9999,
         use_cosine: bool = True,
         lr_min: float = 1e-5,
+        cosine_steps: int | None = None,
     ) -> None:
         super().__init__()
         if loss not in GAN_LOSSES:
@@ -93,6 +104,11 @@ class DDGAN(GANModule):
             raise ValueError(f"model.lazy_reg must be >= 1 (1 = R1 every batch), got {lazy_reg}")
         if r1_gamma < 0:
             raise ValueError(f"model.r1_gamma must be >= 0, got {r1_gamma}")
+        if cosine_steps is not None and (not use_cosine or cosine_steps < 1):
+            raise ValueError(
+                f"model.cosine_steps={cosine_steps} needs model.use_cosine=true and a value >= 1 (null: decay "
+                "over trainer.max_epochs)"
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.schedule = NoiseSchedule.from_config("vp", num_timesteps, beta_min=beta_min, beta_max=beta_max)
@@ -175,10 +191,24 @@ class DDGAN(GANModule):
         opt_d = instantiate(self.hparams.optimizer_d)(params=self.discriminator.parameters())
         if not self.hparams.use_cosine:
             return [opt_g, opt_d]
+        if self.hparams.cosine_steps:
+            schedulers = [
+                torch.optim.lr_scheduler.LambdaLR(
+                    opt,
+                    functools.partial(
+                        cosine_factor,
+                        total=self.hparams.cosine_steps,
+                        floor=self.hparams.lr_min / opt.defaults["lr"],
+                    ),
+                )
+                for opt in (opt_g, opt_d)
+            ]
+            return [opt_g, opt_d], schedulers
         epochs = self.trainer.max_epochs
         if not epochs or epochs < 1:
             raise ValueError(
-                "model.use_cosine decays the LR over trainer.max_epochs: set it, or model.use_cosine=false"
+                "model.use_cosine decays the LR over trainer.max_epochs: set it, or model.cosine_steps, or "
+                "model.use_cosine=false"
             )
         schedulers = [
             torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.hparams.lr_min)
@@ -228,6 +258,8 @@ class DDGAN(GANModule):
         )
         self.log_adversarial(loss_d, loss_g, d_real, d_fake, n)
         self._log_per_timestep(t_d, d_real, d_fake)
+        if self.hparams.cosine_steps:
+            self._step_schedulers()
 
     def _r1(self, x_prev: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """R1 on the real pairs in a pass of its own, in float32 with autocast off (StyleGAN2's way).
@@ -253,6 +285,10 @@ class DDGAN(GANModule):
                 self.log(f"train/{kind}_t{step}", metric, on_step=True, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
+        if not self.hparams.cosine_steps:
+            self._step_schedulers()
+
+    def _step_schedulers(self) -> None:
         # Manual optimisation: Lightning leaves scheduler stepping to the module.
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
