@@ -89,7 +89,10 @@ def test_sampling_plan_measures_the_recipes_sampler(tmp_path):
     assert plan["s_per_step_per_image"] > 0 and plan["rehearsed_with"] == {"sampler": "ddim", "steps": 1}
     assert "rehearsed_with" not in sampling_plan(tiny, budget_h=1e9, batch=2)
     dcgan = compose_train(["experiment=dcgan_synthfaces", f"paths.log_dir={tmp_path}"])
-    assert sampling_plan(dcgan, budget_h=1e-9) == {}  # one network evaluation per image: nothing to shorten
+    plan = sampling_plan(dcgan, budget_h=1e-9)  # one network evaluation per image: measured, nothing to shorten
+    assert plan["s_per_image"] > 0 and plan["images"] == sampled_images(dcgan) and "rehearsed_with" not in plan
+    classifier = compose_train(["experiment=synthfaces_attr", f"paths.log_dir={tmp_path}"])
+    assert sampling_plan(classifier, budget_h=1e-9) == {}
 
 
 @pytest.mark.slow

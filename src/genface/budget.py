@@ -43,15 +43,29 @@ def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str,
 
     Builds the full-size model and times `generate` on `batch` latents with DDIM over 1 and 3 steps: the
     difference is two sampler steps (two network evaluations, four under classifier-free guidance), so the
-    decoding and setup around them cancel. Untrained weights cost what trained ones do. Empty for models
-    without an iterative sampler (`sampler`/`sample_steps` attributes and `sampling_timesteps`).
+    decoding and setup around them cancel. Untrained weights cost what trained ones do. A generator without
+    an iterative sampler (no `sampler`/`sample_steps`/`sampling_timesteps`: the GANs, DD-GAN's fixed T) has
+    nothing to shorten: its seconds per image and the projected hours are measured and stated only. Empty for
+    models that do not generate (classifiers, translators).
     """
     import hydra
     import torch
 
     model = hydra.utils.instantiate(cfg.model)
-    if not all(hasattr(model, a) for a in ("sampler", "sample_steps", "sampling_timesteps")):
+    if not all(hasattr(model, a) for a in ("sample_latents", "generate")):
         return {}
+    if not all(hasattr(model, a) for a in ("sampler", "sample_steps", "sampling_timesteps")):
+        model.eval()
+        latents = model.sample_latents(batch, generator=torch.Generator().manual_seed(0))
+        labels = model.default_labels(batch) if hasattr(model, "default_labels") else None
+        for _ in range(2):  # the second call: the first pays one-off allocations
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.generate(latents, labels)
+            seconds = (time.perf_counter() - start) / batch
+        images = sampled_images(cfg)
+        return {"s_per_image": float(f"{seconds:.3g}"), "images": images,
+                "projected_h": round(seconds * images / 3600, 2)}
     model.setup("fit")  # what Lightning calls first (latent diffusion loads its first stage there)
     if float(getattr(model, "latent_scale", 1.0)) == 0.0:
         model.latent_scale.fill_(1.0)  # measured on the first batch in training; any value costs the same
