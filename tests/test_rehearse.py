@@ -201,3 +201,19 @@ def test_real_data_lists_every_recipe_on_a_real_dataset(tmp_path):
         if layout_of(cfg):
             found.add(path.stem)
     assert found == set(REAL_DATA)
+
+
+def test_a_rehearsal_that_would_sample_for_hours_is_measured_not_started(tmp_path, monkeypatch):
+    """DD-GAN 256 px measured 16.4 s per image here: FID's 2,112 images take 9.6 h, so the row says so and
+    nothing is trained (no stand-in, no run folder)."""
+    import genface.rehearse as rehearse_module
+
+    measured = {"s_per_image": 16.4, "images": 2112, "projected_h": 9.64}
+    monkeypatch.setattr(rehearse_module, "sampling_plan", lambda cfg, budget_h: dict(measured))
+    table = tmp_path / "rehearsals.json"
+    row = rehearse_module._one("dcgan_synthfaces", ["experiment=dcgan_synthfaces", f"paths.log_dir={tmp_path}"],
+                               {"table": str(table)}, tmp_path / "r")
+    assert row.status == "not run" and row.sampling == measured
+    assert row.note == "sampling 2112 images takes 9.6 h here (16.4 s each, measured), more than max_h=2.5: it needs a GPU"
+    assert not (tmp_path / "r" / "run").exists()
+    assert "| `dcgan_synthfaces` | not run (sampling 2112 images" in table.with_suffix(".md").read_text()

@@ -19,7 +19,8 @@ the table. Nothing else changes.
 Memory is the other limit: a rank holds its share of the global batch, and DD-GAN's 128 px recipe, 48 images
 per rank on 2 CPU ranks, had a rank killed by the kernel at 16.6 GiB on a 24 GiB machine.
 `batch=N` sets the global batch of such a rehearsal and says so in the table's note; the recipe's own batch
-is what it runs with on GPUs.
+is what it runs with on GPUs. Sampling that nothing may shorten (a GAN's FID images) is measured too, and a
+rehearsal that would sample for longer than `max_h` hours is not started: its row says "not run" and why.
 
 An analysis recipe (one with `sample`/`directions` settings, run by `genface analyze`) is rehearsed in both
 halves: its generator's training as above (or, with `generator=PATH`, the checkpoint of the rehearsal of the
@@ -29,7 +30,7 @@ seconds per image generated and judged, images per task at the recipe's sizes); 
 sample count, edited latents and rejection cap shrink by one factor, pictures stay whole, and the note says so.
 
     genface rehearse experiment=ddgan_celebahq128 [steps=2] [out=DIR] [standin=DIR] [table=FILE]
-                     [sampling_budget_h=1] [batch=N] [generator=CKPT] [classifier=CKPT] [overrides]
+                     [sampling_budget_h=1] [batch=N] [generator=CKPT] [classifier=CKPT] [max_h=2.5] [overrides]
     genface rehearse all table=docs/rehearsals.json     # every real-data recipe; also writes the .md table
 """
 
@@ -61,7 +62,10 @@ LAYOUT_OF = {
 }
 #: Share of the validation partition in CelebA's list_eval_partition.txt (19,867 of 202,599).
 CELEBA_VAL = 19867 / 202599
-OWN_KEYS = ("steps", "out", "standin", "table", "n", "sampling_budget_h", "batch", "generator", "classifier")
+OWN_KEYS = ("steps", "out", "standin", "table", "n", "sampling_budget_h", "batch", "generator", "classifier", "max_h")
+#: Hours of measured sampling that nothing may shorten (a GAN's FID images) beyond which a rehearsal is not
+#: started: on 2 CPU cores DD-GAN's 256 px recipe samples its 2,112 images for longer than a working session.
+MAX_H = 2.5
 #: Every shipped recipe that reads a real dataset, with its stand-in layout, in an order where a stage
 #: comes before the recipe that needs it, cheapest first (`genface rehearse all`).
 REAL_DATA = {
@@ -97,6 +101,14 @@ ANALYSIS_KEYS = ("batch_size", "classifier", "device", "directions", "edit", "ge
 #: Analysis recipes whose generator training is another recipe's, config for config (tested): `all` analyses
 #: that rehearsal's checkpoint instead of training the same model twice.
 TRAINS_AS = {"ddgan_latent_analysis_celebahq128": "ddgan_celebahq128"}
+
+
+class BeyondMachine(RuntimeError):
+    """The rehearsal would take longer than `max_h` on this machine (measured before it starts)."""
+
+    def __init__(self, message: str, row: Rehearsal) -> None:
+        super().__init__(message)
+        self.row = row
 
 
 @dataclass
@@ -202,7 +214,7 @@ def _run(command: list[str], log: Path) -> tuple[float, float]:
 def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | None = None,
              n: int | None = None, sampling_budget_h: float = SAMPLING_BUDGET_H,
              batch: int | None = None, generator: Path | None = None,
-             classifier: Path | None = None) -> Rehearsal:
+             classifier: Path | None = None, max_h: float = MAX_H) -> Rehearsal:
     """Stand-in, training, resume and checks of one recipe, and an analysis recipe's analysis; raises on any
     failure (the row says why)."""
     from genface.check import _world_size
@@ -244,6 +256,9 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
     elif row.sampling.get("projected_h", 0) >= 0.5:  # nothing to shorten (a GAN, DD-GAN's fixed T): said only
         notes.append(f"sampling {row.sampling['images']} images takes {row.sampling['projected_h']:.1f} h here "
                      f"({row.sampling['s_per_image']} s each, measured)")
+        if row.sampling["projected_h"] > max_h:
+            row.status, row.note = "not run", "; ".join(notes) + f", more than max_h={max_h:g}: it needs a GPU"
+            raise BeyondMachine(row.note, row)
     analysis = is_analysis(cfg)
     if analysis and (classifier is None or not Path(classifier).is_file()):
         raise ValueError(f"{experiment} analyses with a trained attribute classifier: give classifier=PATH (e.g. "
@@ -367,7 +382,11 @@ def _one(experiment: str, overrides: list[str], own: dict[str, str], out: Path) 
                        sampling_budget_h=float(own.get("sampling_budget_h", SAMPLING_BUDGET_H)),
                        batch=int(own["batch"]) if own.get("batch") else None,
                        generator=Path(own["generator"]) if own.get("generator") else None,
-                       classifier=Path(own["classifier"]) if own.get("classifier") else None)
+                       classifier=Path(own["classifier"]) if own.get("classifier") else None,
+                       max_h=float(own.get("max_h", MAX_H)))
+    except BeyondMachine as err:  # measured, not started: the row says why
+        row = err.row
+        print(f"genface rehearse {experiment}: NOT RUN: {err}", file=sys.stderr)
     except Exception as err:
         row.note = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         print(f"genface rehearse {experiment}: FAILED: {err}", file=sys.stderr)
