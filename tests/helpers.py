@@ -52,6 +52,7 @@ def tiny_trainer(tmp_path, **kw) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,  # per-batch values (GAN curves are window means otherwise: log_windowed)
     )
     defaults.update(kw)
     return pl.Trainer(**defaults)

@@ -192,3 +192,37 @@ def test_training_batches_never_read_back_from_the_device(name, tmp_path, monkey
     trainer.fit(build(), data())
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3
     assert not any(key.startswith("train/") for key in trainer.progress_bar_metrics)
+
+
+class Recording(DCGAN):
+    """A DCGAN that keeps every batch's logged values (read back here, in the test only)."""
+
+    def log_windowed(self, values, batch_size):
+        self.per_batch = getattr(self, "per_batch", []) + [{k: float(v) for k, v in values.items()}]
+        super().log_windowed(values, batch_size)
+
+
+def test_gan_curves_are_logged_per_logger_write_with_exact_window_and_epoch_means(tmp_path):
+    """log_every_n_steps=3, 7 batches an epoch, 2 epochs: the CSV gets step values at batches 3, 6, 9, 12 (the
+    means of the batches since the previous write, a window never crossing an epoch) and epoch values equal to
+    the mean of all 7 batches; `step_losses` holds the last batch's own losses for the divergence guard."""
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    model = Recording(**{k: v for k, v in tiny_dcgan().hparams.items() if k != "_instantiator"})
+    trainer = tiny_trainer(tmp_path, max_epochs=2, limit_val_batches=0, log_every_n_steps=3,
+                           logger=CSVLogger(str(tmp_path), name="csv", version=0))
+    trainer.fit(model, TinyImages(n=56, batch_size=8))
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    batches = [b["train/loss_d"] for b in model.per_batch]
+    assert len(batches) == 14
+    steps = {int(r["step"]): float(r["train/loss_d_step"]) for r in rows if r.get("train/loss_d_step")}
+    windows = {2: batches[0:3], 5: batches[3:6], 8: batches[7:9], 11: batches[9:12]}  # CSV steps count from 0
+    assert sorted(steps) == sorted(windows)
+    for step, window in windows.items():
+        assert steps[step] == pytest.approx(sum(window) / len(window), rel=1e-5)
+    epochs = [float(r["train/loss_d_epoch"]) for r in rows if r.get("train/loss_d_epoch")]
+    assert epochs == pytest.approx([sum(batches[:7]) / 7, sum(batches[7:]) / 7], rel=1e-5)
+    assert float(model.step_losses["train/loss_d"]) == pytest.approx(batches[-1], rel=1e-6)

@@ -274,8 +274,9 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         train_on = extra + rehearsal_overrides(cfg, steps)
         generator = _train_and_resume(row, [*overrides, *train_on], run_dir, resume_dir, out)
     else:
-        notes.append(f"generator: {generator} (training rehearsed as {TRAINS_AS.get(experiment, '?')}, "
-                     "the same model, data and trainer)")
+        trained_as = TRAINS_AS.get(experiment)
+        notes.append(f"generator: the {trained_as} rehearsal's checkpoint (its training is {trained_as}'s, config "
+                     "for config)" if trained_as else f"generator: {generator}")
     if analysis:
         _analyse(row, [*overrides, *settings], Path(generator), Path(classifier), out / "analysis", sampling_budget_h, notes)
     row.note = "; ".join(notes)

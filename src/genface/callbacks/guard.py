@@ -60,10 +60,12 @@ class DivergenceGuard(pl.Callback):
         self._pending: tuple[list[str], torch.Tensor, torch.cuda.Event | None] | None = None
 
     @staticmethod
-    def _losses(trainer: pl.Trainer) -> tuple[list[str], torch.Tensor | None]:
-        """This step's training losses as one float32 tensor on their device (no read-back)."""
+    def _losses(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[list[str], torch.Tensor | None]:
+        """This step's training losses as one float32 tensor on their device (no read-back): the module's
+        `step_losses` where it keeps them (the GANs, whose logged curves are windowed), else the logged ones."""
         names, values = [], []
-        for name, value in trainer.callback_metrics.items():
+        current = getattr(pl_module, "step_losses", None) or trainer.callback_metrics
+        for name, value in current.items():
             if "loss" not in name or not name.startswith("train/") or name.endswith("_epoch"):
                 continue
             names.append(name)
@@ -76,7 +78,7 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         self._flush(trainer, pl_module)  # the previous step's losses, copied during this step
         self._batches += 1
-        names, values = self._losses(trainer)
+        names, values = self._losses(trainer, pl_module)
         defer = self.defer if self.defer is not None else (values is not None and values.is_cuda)
         if not defer or values is None:
             self._judge(trainer, pl_module, names, values.tolist() if values is not None else [])
