@@ -232,17 +232,7 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         cfg = compose_train(overrides)
     layout = layout_of(cfg)
     extra: list[str] = []
-    if layout and standin is None and not any(o.startswith("data.root=") for o in overrides):
-        _, world = _world_size(cfg.trainer)
-        count = n or standin_size(layout, needed_images(cfg, layout, min(world, 2), steps))
-        options = standin_args(cfg, layout)
-        standin = Path(cfg.paths.data_dir) / "standin" / "-".join(
-            [layout, f"n{count}", *(f"{k}{v}" for k, v in options.items())])
-        if not standin.is_dir():
-            write_standin(layout, standin, n=count, **options)
-        row.standin = f"{layout}, n={count}" + "".join(f", {k} {v}" for k, v in options.items())
-    if standin is not None:
-        extra.append(f"data.root={standin}")
+    # measured first: a rehearsal this machine cannot run stops before rendering its stand-in
     try:  # what the training run samples (an analysis of a given generator trains nothing)
         row.sampling = sampling_plan(cfg, sampling_budget_h) if generator is None else {}
     except Exception as err:  # the training run below reports a broken recipe; the plan is only a measurement
@@ -259,6 +249,17 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         if row.sampling["projected_h"] > max_h:
             row.status, row.note = "not run", "; ".join(notes) + f", more than max_h={max_h:g}: it needs a GPU"
             raise BeyondMachine(row.note, row)
+    if layout and standin is None and not any(o.startswith("data.root=") for o in overrides):
+        _, world = _world_size(cfg.trainer)
+        count = n or standin_size(layout, needed_images(cfg, layout, min(world, 2), steps))
+        options = standin_args(cfg, layout)
+        standin = Path(cfg.paths.data_dir) / "standin" / "-".join(
+            [layout, f"n{count}", *(f"{k}{v}" for k, v in options.items())])
+        if not standin.is_dir():
+            write_standin(layout, standin, n=count, **options)
+        row.standin = f"{layout}, n={count}" + "".join(f", {k} {v}" for k, v in options.items())
+    if standin is not None:
+        extra.append(f"data.root={standin}")
     analysis = is_analysis(cfg)
     if analysis and (classifier is None or not Path(classifier).is_file()):
         raise ValueError(f"{experiment} analyses with a trained attribute classifier: give classifier=PATH (e.g. "
