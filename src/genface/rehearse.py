@@ -364,13 +364,16 @@ def write_markdown(table: Path, out: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        ran = r["status"] != "not run"  # a rehearsal stopped by its measurement rendered, ran and used nothing
+        rss = f"{r['peak_rss_mib'] / 1024:.1f} GiB" if ran else "-"
         fid = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items() if k.startswith("val/") and
                         any(m in k for m in ("fid", "kid_mean"))) or "-"
         kinds = sorted({w.split("/")[0] if "/" in w else w for w in r["wrote"]})
         lines.append(
             f"| `{r['experiment']}` | {r['status']}{' (' + r['note'] + ')' if r['note'] else ''} | "
-            f"{r['standin'] or 'embedded'} | {r['world_size']} | {minutes(r['train_s'])} | "
-            f"{minutes(r['resume_s'])} | {r['peak_rss_mib'] / 1024:.1f} GiB | {fid} | {', '.join(kinds)} |"
+            f"{(r['standin'] or 'embedded') if ran else '-'} | {r['world_size'] if ran else '-'} | "
+            f"{minutes(r['train_s'])} | {minutes(r['resume_s'])} | "
+            f"{rss} | {fid} | {', '.join(kinds) or '-'} |"
         )
     out.write_text("\n".join(lines) + "\n")
 
