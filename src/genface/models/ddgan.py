@@ -275,14 +275,31 @@ class DDGAN(GANModule):
             return r1_penalty(self.discriminator.forward(x, x_t.float(), t), x)
 
     def _log_per_timestep(self, t: Tensor, d_real: Tensor, d_fake: Tensor) -> None:
-        """Log D's mean belief on real and fake pairs at each timestep (see the class docstring)."""
+        """Log D's mean belief on real and fake pairs at each timestep (see the class docstring).
+
+        Windowed like the other GAN curves (:meth:`log_windowed`): each batch adds its per-t belief sums and
+        counts on the device; at each logger write, `_step` is the mean over the window's samples at t (NaN if
+        none was at t) and `_epoch` the exact mean over the epoch's (the `WeightedMean` metrics)."""
         steps = torch.arange(self.num_timesteps, device=t.device)
         at_t = (steps[:, None] == t[None, :]).to(d_real.dtype)  # (T, B): 1 where the sample is at that step
-        for kind, beliefs in (("d_real", d_real), ("d_fake", d_fake)):
+        beliefs = {"d_real": d_real, "d_fake": d_fake}
+        sums = torch.stack([at_t @ beliefs[kind] for kind in beliefs])  # (2, T)
+        counts = at_t.sum(dim=1)  # (T,)
+        for kind, values in beliefs.items():
             for step in range(self.num_timesteps):
+                self.d_per_timestep[f"{kind}_t{step}"].update(values, at_t[step])
+        window = getattr(self, "_t_window", None)
+        self._t_window = (sums, counts) if window is None else (window[0] + sums, window[1] + counts)
+        if self._trainer is not None and not self._window_due(self._trainer):
+            return
+        sums, counts = self._t_window
+        self._t_window = None
+        means = (sums / counts).unbind(0)  # 0 / 0 = NaN where the window had no sample at t
+        for kind, mean in zip(beliefs, means):
+            for step in range(self.num_timesteps):
+                self.log(f"train/{kind}_t{step}_step", mean[step], on_step=True, on_epoch=False)
                 metric = self.d_per_timestep[f"{kind}_t{step}"]
-                metric(beliefs, at_t[step])
-                self.log(f"train/{kind}_t{step}", metric, on_step=True, on_epoch=True)
+                self.log(f"train/{kind}_t{step}_epoch", metric, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         if not self.hparams.cosine_steps:
