@@ -11,7 +11,9 @@ its first 64 scored samples from its final checkpoint, since a face is judged by
 
 `cosine` decays both learning rates per batch over the batches `baseline` managed in the same budget (its
 global step / 2: one D and one G step per batch), so that the decay ends with the budget: `baseline` runs
-first; `--cosine-steps N` states a count instead.
+first; `--cosine-steps N` states a count instead. The second round (`d16_cosine`, `d32`, `d16_b16`) combines
+the first round's finding, a discriminator that stayed at chance at ngf 8 and learnt at 16, with the other
+levers; `d16_cosine` decays over `wide_d`'s batches (`COSINE_FROM`).
 
 Results in `--out` (default benchmarks/out/ab_ddgan/): per variant `variant.json` (its overrides: a rerun with
 others is refused), `result.json`, `points/`, the run under `train/`, `samples.png`; then `ab_ddgan.md` and
@@ -56,7 +58,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "t4": ("ddgan", ("model.num_timesteps=4",)),
     "wide_g": ("ddgan", ("model.generator.base_channels=32",)),
     "dcgan": ("dcgan", ()),
+    # second round, on the first's finding (ngf 8: D at chance throughout; ngf 16: D learns, best KID)
+    "d16_cosine": ("ddgan", ("model.discriminator.ngf=16", "model.use_cosine=true")),
+    "d32": ("ddgan", ("model.discriminator.ngf=32",)),
+    "d16_b16": ("ddgan", ("model.discriminator.ngf=16", "data.batch_size=16")),  # twice the updates per image
 }
+#: Variants whose cosine decay spans the batches another variant's run managed in the budget: name -> source.
+COSINE_FROM = {"cosine": "baseline", "d16_cosine": "wide_d"}
 GRID_N = 64
 
 
@@ -65,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
     )
-    p.add_argument("--cosine-steps", type=int, help="batches of `cosine`'s decay (default: baseline's)")
+    p.add_argument("--cosine-steps", type=int, help="batches of every cosine decay (default: COSINE_FROM's)")
     p.add_argument("--toy", action="store_true", help="seconds per variant, smoke nets, tiny extractor")
     args = p.parse_args(argv)
     args.mode = "toy" if args.toy else "full"
@@ -78,17 +86,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if args.cosine_steps is not None and args.cosine_steps < 1:
         p.error("--cosine-steps must be >= 1")
-    args.variants.sort(key=list(VARIANTS).index)  # baseline before cosine, which reads its step count
+    args.variants.sort(key=list(VARIANTS).index)  # a COSINE_FROM source runs before the variant reading it
     return args
 
 
-def cosine_steps(args: argparse.Namespace) -> int:
-    """`--cosine-steps`, or the batches `baseline`'s run managed within the budget."""
+def cosine_steps(args: argparse.Namespace, name: str = "cosine") -> int:
+    """`--cosine-steps`, or the batches that `COSINE_FROM[name]`'s run managed within the budget."""
     if args.cosine_steps is not None:
         return args.cosine_steps
-    final = args.out / "baseline" / FAMILIES["ddgan"][-1].name / "checkpoints" / "wall" / "final.json"
+    source = COSINE_FROM[name]
+    final = args.out / source / FAMILIES["ddgan"][-1].name / "checkpoints" / "wall" / "final.json"
     if not final.is_file():
-        raise LookupError(f"cosine decays over baseline's batches: run --variants baseline first ({final} is "
+        raise LookupError(f"{name} decays over {source}'s batches: run --variants {source} first ({final} is "
                           "missing), or give --cosine-steps")  # fmt: skip
     return max(1, json.loads(final.read_text())["global_step"] // 2)
 
@@ -97,8 +106,8 @@ def variant_stages(name: str, args: argparse.Namespace) -> tuple[Stage, ...]:
     """The variant's stages: its family's, the last one with the variant's overrides added. Its overrides are
     kept in `variant.json`; a rerun that would resume the run with others is refused."""
     family, extra = VARIANTS[name]
-    if name == "cosine":
-        extra = (*extra, f"model.cosine_steps={cosine_steps(args)}")
+    if name in COSINE_FROM:
+        extra = (*extra, f"model.cosine_steps={cosine_steps(args, name)}")
     record, path = {"family": family, "overrides": list(extra)}, args.out / name / "variant.json"
     if path.is_file() and json.loads(path.read_text()) != record:
         raise RuntimeError(f"{path} holds other overrides than {record}; use another --out")
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     protocol, results = begin(args, list(VARIANTS), args.variants)
     summary: dict[str, Any] = {"trained": {}, "scored": {}, "failed": {}}
-    for name in args.variants:  # one at a time: `cosine` reads baseline's finished run
+    for name in args.variants:  # one at a time: a COSINE_FROM variant reads its source's finished run
         try:
             stages = variant_stages(name, args)
         except (LookupError, RuntimeError) as err:

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: What each variant changes in the composed config (key: value), beyond the baseline's values.
 BASELINE = {"data.hflip": False, "model.use_cosine": False, "model.cosine_steps": None,
-            "model.discriminator.ngf": 8, "model.num_timesteps": 2, "model.generator.base_channels": 16}  # fmt: skip
+            "model.discriminator.ngf": 8, "model.num_timesteps": 2, "model.generator.base_channels": 16,
+            "data.batch_size": 32}  # fmt: skip
 CHANGES = {
     "baseline": {},
     "hflip": {"data.hflip": True},
@@ -30,6 +31,9 @@ CHANGES = {
     "wide_d": {"model.discriminator.ngf": 16},
     "t4": {"model.num_timesteps": 4},
     "wide_g": {"model.generator.base_channels": 32},
+    "d16_cosine": {"model.discriminator.ngf": 16, "model.use_cosine": True, "model.cosine_steps": 100},
+    "d32": {"model.discriminator.ngf": 32},
+    "d16_b16": {"model.discriminator.ngf": 16, "data.batch_size": 16},
 }
 
 
@@ -62,6 +66,10 @@ def test_cosine_counts_the_batches_of_baselines_run_and_keeps_its_overrides(tmp_
     write_json(wall / "final.json", {"global_step": 1500})  # 750 batches of one D and one G step
     (stage,) = ab_ddgan.variant_stages("cosine", args)
     assert stage.overrides[-2:] == ("model.use_cosine=true", "model.cosine_steps=750")
+    with pytest.raises(LookupError, match="run --variants wide_d first"):
+        ab_ddgan.variant_stages("d16_cosine", args)
+    write_json(args.out / "wide_d" / "train" / "checkpoints" / "wall" / "final.json", {"global_step": 812})
+    assert ab_ddgan.variant_stages("d16_cosine", args)[0].overrides[-1] == "model.cosine_steps=406"
     # A rerun that would resume the same run with another decay is refused.
     with pytest.raises(RuntimeError, match="other overrides"):
         ab_ddgan.variant_stages("cosine", args_for(tmp_path, "--cosine-steps", "10"))
