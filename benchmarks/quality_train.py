@@ -133,7 +133,7 @@ class WallClockBudget(pl.Callback):
             log.warning("no %s checkpoint: non-finite weights in %s", name, ", ".join(bad[:3]))
             return
         path = self.dirpath / f"{name}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from (and no log line)
         info = {"name": name, "mark_s": mark_s, "elapsed_s": self.elapsed_s, "budget_s": self.budget_s,
                 "global_step": trainer.global_step, "epoch": trainer.current_epoch, "checkpoint": path.name}  # fmt: skip
         write_json(path.with_suffix(".json"), info)
