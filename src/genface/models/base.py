@@ -241,16 +241,26 @@ class AdversarialTraining:
         window). With `log_every_n_steps=1` this is per-batch logging."""
         keys = tuple(values)
         stacked = torch.stack([values[k] for k in keys]) * batch_size
-        window = getattr(self, "_log_window", None)
-        if window is not None and window[0] != keys:  # other values than the window's: close it first
-            self._log_window_mean(window)
-            window = None
-        window = (keys, stacked, batch_size) if window is None else (keys, window[1] + stacked, window[2] + batch_size)
-        self._log_window = window
-        trainer = self._trainer
-        if trainer is None or self._window_due(trainer):
-            self._log_window_mean(window)
-            self._log_window = None
+        open_keys = getattr(self, "_curve_keys", None)
+        if open_keys not in (None, keys):  # other values than the open window's: close that one first
+            self._log_window_mean(open_keys, *self._windows.pop("curves"))
+        self._curve_keys = keys
+        window = self.add_to_window("curves", stacked, batch_size)
+        if window is not None:
+            self._log_window_mean(keys, *window)
+            self._curve_keys = None
+
+    def add_to_window(self, name: str, *parts: Any) -> tuple[Any, ...] | None:
+        """Add this batch's `parts` (device tensors or ints) to the sums of window `name`; return the sums
+        when the logger writes after this batch (the window then starts afresh), else None. Without a trainer
+        every batch is its own window."""
+        windows = self.__dict__.setdefault("_windows", {})
+        if name in windows:
+            parts = tuple(a + b for a, b in zip(windows.pop(name), parts))
+        if self._trainer is None or self._window_due(self._trainer):
+            return parts
+        windows[name] = parts
+        return None
 
     @staticmethod
     def _window_due(trainer: pl.Trainer) -> bool:
@@ -261,8 +271,7 @@ class AdversarialTraining:
         # the logger connector's own test for "write the step values of this batch" (Lightning 2.x)
         return bool(trainer.fast_dev_run) or last_of_epoch or at_max_steps or trainer._logger_connector.should_update_logs
 
-    def _log_window_mean(self, window: tuple[tuple[str, ...], torch.Tensor, int]) -> None:
-        keys, sums, count = window
+    def _log_window_mean(self, keys: tuple[str, ...], sums: torch.Tensor, count: int) -> None:
         self.log_dict(dict(zip(keys, (sums / count).unbind())), on_step=True, on_epoch=True, batch_size=count)
 
 

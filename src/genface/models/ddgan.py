@@ -277,7 +277,7 @@ class DDGAN(GANModule):
     def _log_per_timestep(self, t: Tensor, d_real: Tensor, d_fake: Tensor) -> None:
         """Log D's mean belief on real and fake pairs at each timestep (see the class docstring).
 
-        Windowed like the other GAN curves (:meth:`log_windowed`): each batch adds its per-t belief sums and
+        Windowed like the other GAN curves (:meth:`add_to_window`): each batch adds its per-t belief sums and
         counts on the device; at each logger write, `_step` is the mean over the window's samples at t (NaN if
         none was at t) and `_epoch` the exact mean over the epoch's (the `WeightedMean` metrics)."""
         steps = torch.arange(self.num_timesteps, device=t.device)
@@ -288,12 +288,10 @@ class DDGAN(GANModule):
         for kind, values in beliefs.items():
             for step in range(self.num_timesteps):
                 self.d_per_timestep[f"{kind}_t{step}"].update(values, at_t[step])
-        window = getattr(self, "_t_window", None)
-        self._t_window = (sums, counts) if window is None else (window[0] + sums, window[1] + counts)
-        if self._trainer is not None and not self._window_due(self._trainer):
+        window = self.add_to_window("d_per_timestep", sums, counts)
+        if window is None:
             return
-        sums, counts = self._t_window
-        self._t_window = None
+        sums, counts = window
         means = (sums / counts).unbind(0)  # 0 / 0 = NaN where the window had no sample at t
         for kind, mean in zip(beliefs, means):
             for step in range(self.num_timesteps):
