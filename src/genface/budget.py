@@ -38,7 +38,7 @@ def shortened_steps(per_step_s: float, steps: int, images: int, budget_s: float)
     return max(1, min(steps - 1, int(budget_s // (per_step_s * images))))
 
 
-def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str, Any]:
+def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8, device: str = "cpu") -> dict[str, Any]:
     """Measured cost of the recipe's iterative sampler, and the overrides that fit it into `budget_h` hours.
 
     Builds the full-size model and times `generate` on `batch` latents with DDIM over 1 and 5 steps, after one
@@ -55,15 +55,22 @@ def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str,
     model = hydra.utils.instantiate(cfg.model)
     if not all(hasattr(model, a) for a in ("sample_latents", "generate")):
         return {}
+    model.to(device)
+
+    def timed(latents: torch.Tensor, labels: torch.Tensor | None) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(latents.to(device), None if labels is None else labels.to(device))
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
     if not all(hasattr(model, a) for a in ("sampler", "sample_steps", "sampling_timesteps")):
         model.eval()
         latents = model.sample_latents(batch, generator=torch.Generator().manual_seed(0))
         labels = model.default_labels(batch) if hasattr(model, "default_labels") else None
         for _ in range(2):  # the second call: the first pays one-off allocations
-            start = time.perf_counter()
-            with torch.no_grad():
-                model.generate(latents, labels)
-            seconds = (time.perf_counter() - start) / batch
+            seconds = timed(latents, labels) / batch
         images = sampled_images(cfg)
         return {"s_per_image": float(f"{seconds:.3g}"), "images": images,
                 "projected_h": round(seconds * images / 3600, 2)}
@@ -79,10 +86,7 @@ def sampling_plan(cfg: DictConfig, budget_h: float, batch: int = 8) -> dict[str,
     labels = model.default_labels(batch) if hasattr(model, "default_labels") else None
     for n_steps in (1, 1, 5):  # the first call pays one-off costs (allocation, thread pools, first-stage decoder)
         model.sample_steps = n_steps
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.generate(latents, labels)
-        timings.append(time.perf_counter() - start)
+        timings.append(timed(latents, labels))
     per_step = max(timings[2] - timings[1], 1e-6) / 4 / batch  # one sampler step of one image (guidance included)
     images = sampled_images(cfg)
     plan = {**recipe, "s_per_step_per_image": float(f"{per_step:.3g}"), "images": images,

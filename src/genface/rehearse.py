@@ -2,8 +2,9 @@
 
 Everything a user's run does happens: the full-size model, the real DataModule reading the real on-disk
 layout (rendered by `genface standin`, sized to what the recipe's splits and metrics need), metrics at
-their configured N, every callback, checkpoints, and DDP as CPU processes (`trainer=ddp_cpu`) where the
-recipe asks for GPUs. Only the length is cut: `steps` batches per epoch, two epochs, every periodic output
+their configured N, every callback, checkpoints. A recipe that asks for GPUs runs on the machine's GPUs with
+its own trainer and global batch (as many ranks as it asks for and the machine has), or as DDP over CPU processes
+(`trainer=ddp_cpu`) where there is none. Only the length is cut: `steps` batches per epoch, two epochs, every periodic output
 (FID, grids, checkpoints) forced to happen once, then a resume from `last.ckpt` for one more batch. Wall
 time, peak memory and what the run wrote go to a JSON table (`table=`), from which
 :func:`write_markdown` makes the docs table.
@@ -132,6 +133,15 @@ class Rehearsal:
     #: analysis recipes only: seconds of `genface analyze task=all`, and its measured cost plan
     analysis_s: float = 0.0
     analysis: dict[str, Any] = field(default_factory=dict)
+    #: the GPU a recipe that asks for GPUs ran on; empty where it ran as CPU processes
+    machine: str = ""
+
+
+def visible_gpus() -> int:
+    """CUDA devices this machine has (0 on a CPU machine, where GPU recipes rehearse as CPU processes)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def is_analysis(cfg: DictConfig) -> bool:
@@ -180,14 +190,22 @@ def standin_args(cfg: DictConfig, layout: str) -> dict[str, Any]:
     return {}
 
 
-def rehearsal_overrides(cfg: DictConfig, steps: int) -> list[str]:
-    """What the rehearsal changes: devices (CPU processes for GPUs) and length, nothing else."""
+def asks_for_gpus(cfg: DictConfig) -> bool:
+    return str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda")
+
+
+def rehearsal_overrides(cfg: DictConfig, steps: int, gpus: int = 0) -> list[str]:
+    """What the rehearsal changes: devices and length, nothing else. A recipe that asks for GPUs runs on the
+    `gpus` this machine has (its own trainer, strategy and precision, as many ranks as it asks for and the
+    machine holds, the same global batch), or as CPU processes where there are none."""
     # validation keeps the recipe's length: metrics computed over the validation loop (translation FID,
     # the classifier's calibrated cuts) must see the N the recipe configures
     out = ["trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.max_steps=-1"]
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
     devices = cfg.trainer.get("devices", 1)
-    if accelerator in ("gpu", "cuda"):
+    if asks_for_gpus(cfg) and gpus > 0:
+        if not isinstance(devices, int) or devices < 1 or devices > gpus:
+            out[:0] = [f"trainer.devices={gpus}"]
+    elif asks_for_gpus(cfg):
         single = isinstance(devices, int) and devices == 1
         out[:0] = ["trainer=cpu", "trainer.devices=1"] if single else ["trainer=ddp_cpu", "trainer.devices=2"]
     for group in ("callbacks", "metrics"):
@@ -232,9 +250,19 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         cfg = compose_train(overrides)
     layout = layout_of(cfg)
     extra: list[str] = []
+    gpus = visible_gpus() if asks_for_gpus(cfg) else 0
+    if gpus:
+        import torch
+
+        row.machine = torch.cuda.get_device_name(0)
+        asked = cfg.trainer.get("devices", 1)
+        if isinstance(asked, int) and asked > gpus:
+            notes.append(f"{gpus} GPU{'s' if gpus > 1 else ''} in place of the recipe's {asked}, the same global "
+                         f"batch ({cfg.data.batch_size})")
     # measured first: a rehearsal this machine cannot run stops before rendering its stand-in
     try:  # what the training run samples (an analysis of a given generator trains nothing)
-        row.sampling = sampling_plan(cfg, sampling_budget_h) if generator is None else {}
+        row.sampling = (sampling_plan(cfg, sampling_budget_h, device="cuda" if gpus else "cpu")
+                        if generator is None else {})
     except Exception as err:  # the training run below reports a broken recipe; the plan is only a measurement
         row.sampling = {"not_measured": f"{type(err).__name__}: {err}"[:300]}
     if "rehearsed_with" in row.sampling:
@@ -272,7 +300,7 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
     for stale in (run_dir, resume_dir, out / "analysis"):  # a rehearsal proves what it writes itself
         shutil.rmtree(stale, ignore_errors=True)
     if generator is None:
-        train_on = extra + rehearsal_overrides(cfg, steps)
+        train_on = extra + rehearsal_overrides(cfg, steps, gpus)
         generator = _train_and_resume(row, [*overrides, *train_on], run_dir, resume_dir, out)
     else:
         trained_as = TRAINS_AS.get(experiment)
@@ -359,6 +387,9 @@ def write_markdown(table: Path, out: Path) -> None:
     def minutes(seconds: float) -> str:  # `-`: not run by this rehearsal (an analysis of another's checkpoint)
         return f"{seconds / 60:.1f} min" if seconds else "-"
 
+    def ranks(r: dict[str, Any]) -> str:  # processes, and the GPU they ran on where the recipe's GPUs were there
+        return f"{r['world_size']} x {r['machine']}" if r.get("machine") else str(r["world_size"])
+
     lines = [
         "| recipe | status | stand-in | ranks | train (2 epochs) | resume | peak RSS | FID / KID at the recipe's N | wrote |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -371,7 +402,7 @@ def write_markdown(table: Path, out: Path) -> None:
         kinds = sorted({w.split("/")[0] if "/" in w else w for w in r["wrote"]})
         lines.append(
             f"| `{r['experiment']}` | {r['status']}{' (' + r['note'] + ')' if r['note'] else ''} | "
-            f"{(r['standin'] or 'embedded') if ran else '-'} | {r['world_size'] if ran else '-'} | "
+            f"{(r['standin'] or 'embedded') if ran else '-'} | {ranks(r) if ran else '-'} | "
             f"{minutes(r['train_s'])} | {minutes(r['resume_s'])} | "
             f"{rss} | {fid} | {', '.join(kinds) or '-'} |"
         )
