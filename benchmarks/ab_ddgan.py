@@ -63,6 +63,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "d32": ("ddgan", ("model.discriminator.ngf=32",)),
     "d16_b16": ("ddgan", ("model.discriminator.ngf=16", "data.batch_size=16")),  # twice the updates per image
 }
+#: The A/B's base: the keys the variants change, at their values in `ddgan_synthfaces` as the first round measured
+#: it (commit 7ea880b). Every DD-GAN variant composes on these, so the rounds reproduce whatever the shipped recipe
+#: becomes (it takes the winner's values); a variant's own overrides replace them.
+BASE = {"data.hflip": "false", "data.batch_size": "32", "model.use_cosine": "false", "model.num_timesteps": "2",
+        "model.discriminator.ngf": "8", "model.generator.base_channels": "16"}  # fmt: skip
 #: Variants whose cosine decay spans the batches another variant's run managed in the budget: name -> source.
 COSINE_FROM = {"cosine": "baseline", "d16_cosine": "wide_d"}
 GRID_N = 64
@@ -112,8 +117,10 @@ def variant_stages(name: str, args: argparse.Namespace) -> tuple[Stage, ...]:
     if path.is_file() and json.loads(path.read_text()) != record:
         raise RuntimeError(f"{path} holds other overrides than {record}; use another --out")
     write_json(path, record)
+    own = {o.split("=", 1)[0] for o in extra}
+    base = tuple(f"{k}={v}" for k, v in BASE.items() if k not in own) if family == "ddgan" else ()
     *first, last = FAMILIES[family]
-    return (*first, replace(last, overrides=(*last.overrides, *extra)))
+    return (*first, replace(last, overrides=(*last.overrides, *base, *extra)))
 
 
 def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> None:

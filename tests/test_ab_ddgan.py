@@ -58,6 +58,18 @@ def test_every_variant_composes_and_builds_its_model(tmp_path):
         assert json.loads((args.out / name / "variant.json").read_text())["family"] == "ddgan"
 
 
+def test_variants_compose_on_the_first_rounds_recipe_whatever_the_shipped_one_becomes(tmp_path):
+    """The shipped recipe takes the winner's values; the A/B's variants keep the base they were measured on."""
+    args = args_for(tmp_path, "--cosine-steps", "100")
+    changed = ["model.discriminator.ngf=32", "data.batch_size=16", "model.use_cosine=true"]  # a recipe that moved on
+    for name in ("baseline", "wide_d", "d16_b16"):
+        (stage,) = ab_ddgan.variant_stages(name, args)
+        cfg = compose_run([*changed, *stage_overrides(stage, toy=False)], tmp_path / name, args.data_dir)
+        for key, value in {**BASELINE, **CHANGES[name]}.items():
+            assert OmegaConf.select(cfg, key) == value, (name, key)
+    assert json.loads((args.out / "wide_d" / "variant.json").read_text())["overrides"] == ["model.discriminator.ngf=16"]
+
+
 def test_cosine_counts_the_batches_of_baselines_run_and_keeps_its_overrides(tmp_path):
     args = args_for(tmp_path)
     with pytest.raises(LookupError, match="run --variants baseline first"):
