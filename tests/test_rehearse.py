@@ -66,6 +66,25 @@ def test_a_gpu_recipe_keeps_its_trainer_on_a_machine_with_gpus(tmp_path):
     assert "| `g` | passed | embedded | 1 x NVIDIA H200 | 1.0 min |" in (tmp_path / "t.md").read_text()
 
 
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_all_cuts_the_batch_only_where_there_is_no_gpu(gpus, tmp_path, monkeypatch):
+    import genface.rehearse as rehearse_module
+
+    seen = {}
+
+    def one(name, overrides, own, out):  # what `all` asks of each rehearsal, not the rehearsal
+        seen[name] = own
+        return Rehearsal(name, status="passed")
+
+    monkeypatch.setattr(rehearse_module, "visible_gpus", lambda: gpus)
+    monkeypatch.setattr(rehearse_module, "_one", one)
+    with pytest.raises(SystemExit) as done:
+        rehearse_module.main(["all", f"out={tmp_path}"])
+    assert done.value.code == 0 and set(seen) == set(REAL_DATA)
+    for name in SMALL_MACHINE_BATCH:
+        assert seen[name].get("batch") == (None if gpus else str(SMALL_MACHINE_BATCH[name]))
+
+
 def test_standin_size_follows_the_recipes_needs(tmp_path):
     celeba = compose_train(["experiment=dcgan_dg1_celeba64", f"paths.log_dir={tmp_path}"])
     # 2,048 reals of CelebA's validation partition (9.8 % of the images)
