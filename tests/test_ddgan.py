@@ -358,6 +358,9 @@ def test_experiment_configs_compose(compose_train, experiment, resolution, times
     if experiment == "ddgan_synthfaces":
         model = instantiate(cfg.model)
         assert model.image_shape == (3, 32, 32) and model.ema is not None
+        # D at ngf 16, batch 16: the synthfaces A/B's best (benchmarks/ab_ddgan.py; at ngf 8 D stayed at chance)
+        assert cfg.data.batch_size == 16
+        assert (n_params(model.generator), n_params(model.discriminator)) == (470_227, 798_465)
         assert instantiate(cfg.data).resolution == 32
     else:
         assert cfg.data._target_.endswith("CelebAHQDataModule") and cfg.trainer.accelerator == "gpu"
