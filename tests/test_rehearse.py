@@ -22,6 +22,7 @@ from genface.rehearse import (
     BeyondMachine,
     Rehearsal,
     append_row,
+    fewer_gpus_note,
     is_analysis,
     layout_of,
     needed_images,
@@ -60,6 +61,8 @@ def test_a_gpu_recipe_keeps_its_trainer_on_a_machine_with_gpus(tmp_path):
     assert "metrics.fid.every_n_epochs=2" in one and "trainer.limit_train_batches=2" in one
     assert not any(o.startswith("trainer.devices") for o in rehearsal_overrides(cfg, steps=2, gpus=8))
     assert rehearsal_overrides(cfg, steps=2, gpus=0)[:2] == ["trainer=ddp_cpu", "trainer.devices=2"]
+    assert fewer_gpus_note(cfg, 1) == "1 GPU in place of the recipe's 8, the same global batch (32)"
+    assert fewer_gpus_note(cfg, 2).startswith("2 GPUs in place") and fewer_gpus_note(cfg, 8) is None
     table = tmp_path / "rehearsals.json"
     append_row(table, Rehearsal("g", status="passed", machine="NVIDIA H200", train_s=60))
     write_markdown(table, tmp_path / "t.md")

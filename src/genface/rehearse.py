@@ -192,7 +192,18 @@ def standin_args(cfg: DictConfig, layout: str) -> dict[str, Any]:
 
 
 def asks_for_gpus(cfg: DictConfig) -> bool:
+    """The recipe's trainer names GPUs (`trainer=gpu`/`ddp`), which a rehearsal keeps where the machine has some."""
     return str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda")
+
+
+def fewer_gpus_note(cfg: DictConfig, gpus: int) -> str | None:
+    """The table's note where the machine has fewer GPUs than the recipe's ranks (None where it has enough)."""
+    from genface.check import _world_size
+
+    asked = _world_size(cfg.trainer)[1]
+    if asked <= gpus:
+        return None
+    return f"{gpus} GPU{'s' if gpus > 1 else ''} in place of the recipe's {asked}, the same global batch ({cfg.data.batch_size})"
 
 
 def rehearsal_overrides(cfg: DictConfig, steps: int, gpus: int = 0) -> list[str]:
@@ -204,7 +215,7 @@ def rehearsal_overrides(cfg: DictConfig, steps: int, gpus: int = 0) -> list[str]
     out = ["trainer.max_epochs=2", f"trainer.limit_train_batches={steps}", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1", "trainer.max_steps=-1"]
     devices = cfg.trainer.get("devices", 1)
     if asks_for_gpus(cfg) and gpus > 0:
-        if not isinstance(devices, int) or devices < 1 or devices > gpus:
+        if fewer_gpus_note(cfg, gpus):
             out[:0] = [f"trainer.devices={gpus}"]
     elif asks_for_gpus(cfg):
         single = isinstance(devices, int) and devices == 1
@@ -256,10 +267,7 @@ def rehearse(overrides: list[str], out: Path, steps: int = 2, standin: Path | No
         import torch
 
         row.machine = torch.cuda.get_device_name(0)
-        asked = cfg.trainer.get("devices", 1)
-        if isinstance(asked, int) and asked > gpus:
-            notes.append(f"{gpus} GPU{'s' if gpus > 1 else ''} in place of the recipe's {asked}, the same global "
-                         f"batch ({cfg.data.batch_size})")
+        notes += [note for note in [fewer_gpus_note(cfg, gpus)] if note]
     # measured first: a rehearsal this machine cannot run stops before rendering its stand-in
     try:  # what the training run samples (an analysis of a given generator trains nothing)
         row.sampling = (sampling_plan(cfg, sampling_budget_h, device="cuda" if gpus else "cpu")
