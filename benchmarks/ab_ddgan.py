@@ -32,10 +32,17 @@ from dataclasses import replace
 from datetime import date
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from benchmarks.bench_quality import begin, finish_args, protocol_parser, train_and_score
+from benchmarks.bench_quality import (
+    GRID_N,
+    begin,
+    finish_args,
+    protocol_parser,
+    sample_grid,
+    samples_side_by_side,
+    train_and_score,
+)
 from benchmarks.common import OUT, machine
 from benchmarks.quality_train import FAMILIES, Stage, stage_overrides, write_json
 
@@ -70,7 +77,6 @@ BASE = {"data.hflip": "false", "data.batch_size": "32", "model.use_cosine": "fal
         "model.discriminator.ngf": "8", "model.generator.base_channels": "16"}  # fmt: skip
 #: Variants whose cosine decay spans the batches another variant's run managed in the budget: name -> source.
 COSINE_FROM = {"cosine": "baseline", "d16_cosine": "wide_d"}
-GRID_N = 64
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,23 +129,9 @@ def variant_stages(name: str, args: argparse.Namespace) -> tuple[Stage, ...]:
     return (*first, replace(last, overrides=(*last.overrides, *base, *extra)))
 
 
-def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> None:
-    """`samples.png`: the first GRID_N scored samples (the same seeded stream) of the final checkpoint."""
-    from genface.metrics.scoring import generate_fake_batches
-    from genface.models import load_module
-    from genface.viz.grids import save_grid
-
-    path = args.out / name / "samples.png"
-    if not path.is_file():
-        stage, info = next(reversed(result["stages"].items()))
-        model = load_module(args.out / name / stage / "checkpoints" / "wall" / info["final"]["checkpoint"])
-        images = torch.cat(list(generate_fake_batches(model, GRID_N, args.batch, args.seed)))
-        save_grid(images, path, nrow=8)
-
-
 def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     """ab_ddgan.md (protocol, table, sample grids) and ab_ddgan.json; returns the markdown."""
-    rows, grids = [], []
+    rows = []
     for name in VARIANTS:
         r = results.get(name)
         if r is None or "error" in r:
@@ -155,8 +147,8 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
             f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | {r['fid']:.2f} | {r['sample_s_per_image']:.4f} | "
             f"{r['params']['sampling'] / 1e6:.2f} M / {r['params']['trained'] / 1e6:.2f} M |"
         )
-        grids += [f"- {name}", "", f"  ![{name}]({name}/samples.png)", ""]
     done = [r for r in results.values() if "fid" in r]
+    grids = samples_side_by_side(args.out, results, list(VARIANTS), args.out / "ab_ddgan_samples.png")
     ext = done[0]["extractor_protocol"] if done else args.extractor
     data_ids = ", ".join(sorted({r["dataset_id"] for r in done})) or "no variant scored yet"
     common = " ".join(stage_overrides(FAMILIES["ddgan"][-1], args.toy)[1:])
@@ -182,9 +174,10 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"Samples: the first {GRID_N} scored samples of each final checkpoint (EMA weights where kept).",
+        f"Samples: the first {GRID_N} scored samples of each final checkpoint (EMA weights where kept), "
+        "`<variant>/samples.png`:",
         "",
-        *grids,
+        f"![The first {GRID_N} scored samples of each variant]({grids.name})" if grids else "(none scored yet)",
     ])  # fmt: skip
     (args.out / "ab_ddgan.md").write_text(md)
     write_json(args.out / "ab_ddgan.json", {"protocol": protocol, "machine": machine(), "results": results})

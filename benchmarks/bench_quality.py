@@ -37,6 +37,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from torchmetrics.utilities import dim_zero_cat
@@ -60,6 +61,8 @@ MODES = {
 PROTOCOL_KEYS = ("mode", "budget_min", "kid_every_min", "stage_one_share", "threads", "n_fid", "n_curve", "batch",
                  "extractor", "seed", "kid_subsets", "kid_subset_size")  # fmt: skip
 REAL_SPLIT = "train"
+#: Samples in each `samples.png`: the first GRID_N of the scored stream.
+GRID_N = 64
 
 
 def protocol_parser(description: str, modes: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
@@ -321,6 +324,51 @@ def score_family(
     return {"scored": [*scored, "final"], **result}
 
 
+def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> Path:
+    """`<out>/<name>/samples.png`: the first GRID_N scored samples (the same seeded stream, so the same latents
+    and labels as the scores saw) of the sampling stage's final checkpoint; kept when already there."""
+    from genface.metrics.scoring import generate_fake_batches
+    from genface.models import load_module
+    from genface.viz.grids import save_grid
+
+    path = args.out / name / "samples.png"
+    if not path.is_file():
+        stage, info = next(reversed(result["stages"].items()))
+        model = load_module(args.out / name / stage / "checkpoints" / "wall" / info["final"]["checkpoint"])
+        images = torch.cat(list(generate_fake_batches(model, GRID_N, args.batch, args.seed)))
+        save_grid(images, path, nrow=8)
+    return path
+
+
+def sample_grids(args: argparse.Namespace, results: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
+    """`samples.png` of every scored run that lacks one (a picture's failure is reported, not fatal)."""
+    for name, result in results.items():
+        if "fid" not in result:
+            continue
+        try:
+            sample_grid(name, result, args)
+        except Exception as err:  # noqa: BLE001 - a picture must not cost the other runs their report
+            log.exception("%s: no sample grid", name)
+            summary["failed"][name] = f"samples.png: {err}"
+
+
+def samples_side_by_side(out: Path, results: dict[str, dict[str, Any]], names: list[str], path: Path) -> Path | None:
+    """The runs' `samples.png` in one row, each under its name and KID (None when no run has a grid yet)."""
+    from PIL import Image
+
+    from genface.viz.grids import save_png, side_by_side
+
+    shown = [n for n in names if "fid" in results.get(n, {}) and (out / n / "samples.png").is_file()]
+    if not shown:
+        return None
+    pictures = []
+    for name in shown:
+        with Image.open(out / name / "samples.png") as png:
+            pictures.append(np.asarray(png.convert("RGB")))
+    labels = [f"{n}: KID {1e3 * results[n]['kid_mean']:.1f}e-3" for n in shown]
+    return save_png(side_by_side(pictures, labels), path)
+
+
 # ----- report ----------------------------------------------------------------------------------------------
 def curve_points(out: Path, family: str) -> list[dict[str, Any]]:
     folder = out / family / "points"
@@ -367,6 +415,7 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
     plot = plot_curves(
         history, list(FAMILIES), args.out / "quality_vs_time.png", title, "training minutes", "KID"
     )
+    grids = samples_side_by_side(args.out, results, list(FAMILIES), args.out / "quality_samples.png")
     data_ids = ", ".join(sorted({r["dataset_id"] for r in done})) or "no family scored yet"
     sampling = "; ".join(f"{r['family']} {r['sampling'] or 'one pass'}" for r in done) or "n/a"
     overrides = "\n".join(
@@ -411,6 +460,9 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
             "Overrides of the shipped recipes (beyond `experiment=`):",
             overrides or "- none yet",
             *(["", f"![KID vs training time]({plot.name})"] if plot else []),
+            *(["", f"Samples at the end of the budget, the first {GRID_N} scored of each family (EMA weights where "
+                   "kept):", "", f"![The first {GRID_N} scored samples of each family]({grids.name})"]
+              if grids else []),
             "",
         ]
     )
@@ -477,6 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     protocol, results = begin(args, list(FAMILIES), args.families)
     summary = train_and_score(args, {family: FAMILIES[family] for family in args.families}, results)
+    sample_grids(args, results, summary)
     md = report(args, protocol, results)
     if args.readme:
         print(md)

@@ -116,7 +116,9 @@ def test_toy_ab_runs_two_variants_and_writes_table_and_grids(tmp_path):
     assert "`model.cosine_steps=" in table and "N = 32 fakes vs 32 real images" in table
     for name in ("hflip", "wide_d", "t4", "wide_g", "dcgan"):
         assert f"| {name} | not run yet |" in table
-    assert "![baseline](baseline/samples.png)" in table and "tests only, NOT FID" in table
+    assert "](ab_ddgan_samples.png)" in table and "tests only, NOT FID" in table
+    with Image.open(out / "ab_ddgan_samples.png") as png:  # both grids in a row, 8 px apart, under a 16 px header
+        assert png.size == (2 * (8 * 34 + 2) + 8, 16 + 8 * 34 + 2)
 
     # A rerun finds both done: nothing trained or scored again.
     second = ab_ddgan.main(argv)

@@ -90,6 +90,12 @@ def test_toy_run_writes_table_json_plot_and_resumes(tmp_path):
     assert "tests only, NOT FID" in table and "metrics=none" in table
     with Image.open(out / "quality_vs_time.png") as png:
         assert png.size[0] > 100 and png.size[1] > 100
+    for family in FAMILIES:  # the first 64 scored samples, 8 x 8 faces of 32 px, 2 px apart
+        with Image.open(out / family / "samples.png") as png:
+            assert png.size == (8 * 34 + 2, 8 * 34 + 2)
+    assert "](quality_samples.png)" in table
+    with Image.open(out / "quality_samples.png") as png:  # both families' grids in a row, labelled above
+        assert png.size == (2 * (8 * 34 + 2) + 8, 16 + 8 * 34 + 2)
 
     # A rerun finds everything done: no training, no scoring, no checkpoint rewritten.
     files = {

@@ -61,6 +61,25 @@ def stack_rows(rows: Sequence[np.ndarray], labels: Sequence[str] | None = None, 
     return img
 
 
+def side_by_side(pictures: Sequence[np.ndarray], labels: Sequence[str], gap: int = 8) -> np.ndarray:
+    """Pictures (H_i, W_i, 3) uint8 in one row on white, top-aligned, `gap` pixels apart, each under its label
+    (e.g. one sample grid per model, so that they are compared at a glance)."""
+    from PIL import ImageDraw
+
+    if not pictures or len(pictures) != len(labels):
+        raise ValueError(f"side_by_side: {len(pictures)} pictures, {len(labels)} labels")
+    header, height = 16, max(p.shape[0] for p in pictures)
+    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (width, header + height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for picture, text in zip(pictures, labels):
+        canvas.paste(Image.fromarray(picture), (x, header))
+        draw.text((x + max(0, (picture.shape[1] - draw.textlength(text)) // 2), 2), text, fill="black")
+        x += picture.shape[1] + gap
+    return np.asarray(canvas)
+
+
 def _label_rows(img: np.ndarray, rows: Sequence[np.ndarray], labels: Sequence[str], gap: int) -> np.ndarray:
     from PIL import ImageDraw
 
