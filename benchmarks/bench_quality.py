@@ -334,7 +334,9 @@ def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> 
     path = args.out / name / "samples.png"
     if not path.is_file():
         stage, info = next(reversed(result["stages"].items()))
-        model = load_module(args.out / name / stage / "checkpoints" / "wall" / info["final"]["checkpoint"])
+        # score_run.py's runs live in their own folder, the families' under `out`
+        run_dir = Path(result["run_dir"]) if "run_dir" in result else args.out / name / stage
+        model = load_module(run_dir / "checkpoints" / "wall" / info["final"]["checkpoint"])
         images = torch.cat(list(generate_fake_batches(model, GRID_N, args.batch, args.seed)))
         save_grid(images, path, nrow=8)
     return path
@@ -389,7 +391,8 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
     from genface.viz.plots import plot_curves
 
     rows, history = [], []
-    for family in FAMILIES:
+    names = [*FAMILIES, *sorted(set(results) - set(FAMILIES))]  # then score_run.py's runs
+    for family in names:
         r = results.get(family)
         if r is None:
             rows.append(f"| {family} | not run yet |" + " |" * 8)
@@ -398,9 +401,10 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
             rows.append(f"| {family} | failed: {r['error']} |" + " |" * 8)
             continue
         recipe = " + ".join(s["experiment"] for s in r["stages"].values())
+        recipe = f"`{recipe}` to its end" if r.get("external") else f"`{recipe}`"
         steps = " + ".join(str(v) for v in r["steps"].values())
         rows.append(
-            f"| {family} | `{recipe}` | {r['train_s'] / 60:.1f} | {steps} | {r['fid']:.2f} | "
+            f"| {family} | {recipe} | {r['train_s'] / 60:.1f} | {steps} | {r['fid']:.2f} | "
             f"{1e3 * r['kid_mean']:.2f} ± {1e3 * r['kid_std']:.2f} | {cond_cell(r['conditional'])} | "
             f"{r['sample_s_per_image']:.4f} | {r['params']['sampling'] / 1e6:.2f} M | {r['params']['trained'] / 1e6:.2f} M |"
         )
@@ -412,14 +416,12 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
     ext = done[0]["extractor_protocol"] if done else args.extractor
     low_n = any(r["n_fake"] < r["features"] for r in done)
     title = f"KID ({args.extractor}, {args.n_curve} fakes vs {args.n_fid} reals) vs training time"
-    plot = plot_curves(
-        history, list(FAMILIES), args.out / "quality_vs_time.png", title, "training minutes", "KID"
-    )
-    grids = samples_side_by_side(args.out, results, list(FAMILIES), args.out / "quality_samples.png")
+    plot = plot_curves(history, names, args.out / "quality_vs_time.png", title, "training minutes", "KID")
+    grids = samples_side_by_side(args.out, results, names, args.out / "quality_samples.png")
     data_ids = ", ".join(sorted({r["dataset_id"] for r in done})) or "no family scored yet"
     sampling = "; ".join(f"{r['family']} {r['sampling'] or 'one pass'}" for r in done) or "n/a"
     overrides = "\n".join(
-        f"- {r['family']} / {name}: `{' '.join(s['overrides'][1:])}`"
+        f"- {r['family']} / {name}: " + (f"`{' '.join(s['overrides'][1:])}`" if s["overrides"][1:] else "none")
         for r in done
         for name, s in r["stages"].items()
     )
@@ -434,6 +436,9 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
         f"scoring do not. Latent diffusion gives {args.stage_one_share:.0%} of it to its VAE-GAN stage one.",
         f"- FID and KID: {ext}; {args.n_fid} fakes vs {args.n_fid} real images of the train split (statistics "
         f"cached), KID {args.kid_subsets} subsets of {args.kid_subset_size}, latents seeded {args.seed}.{low_n_note}",
+        *(["- Rows marked *to its end* (`score_run.py`): the shipped recipe run unchanged to its last epoch, with "
+           "its own schedule, outside the budget; its minutes are its training-loop clock, counted the same way."]
+          if len(names) > len(FAMILIES) else []),
         f"- Curve: KID of the first {args.n_curve} of those fakes vs the same reals, at checkpoints every "
         f"{args.kid_every_min:g} min of training.",
         f"- s / image: `generate` alone, batch {args.batch} ({sampling}). Steps: Lightning's global step (a GAN's "
@@ -478,6 +483,12 @@ def family_datamodule(record: dict[str, Any], args: argparse.Namespace) -> tuple
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     return datamodule, f"{cfg.paths.cache_dir}/fid"
+
+
+def result_names(out: Path) -> list[str]:
+    """The families, then the runs `score_run.py` added to `out` (folders with a result.json of their own)."""
+    extra = sorted(p.parent.name for p in out.glob("*/result.json") if p.parent.name not in FAMILIES)
+    return [*FAMILIES, *extra]
 
 
 def load_results(out: Path, names: list[str], skip: list[str]) -> dict[str, dict[str, Any]]:
@@ -527,7 +538,7 @@ def begin(args: argparse.Namespace, names: list[str], chosen: list[str]) -> tupl
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, score and report the families; returns what was trained and scored by this call."""
     args = parse_args(argv)
-    protocol, results = begin(args, list(FAMILIES), args.families)
+    protocol, results = begin(args, result_names(args.out), args.families)
     summary = train_and_score(args, {family: FAMILIES[family] for family in args.families}, results)
     sample_grids(args, results, summary)
     md = report(args, protocol, results)

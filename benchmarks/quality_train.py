@@ -90,14 +90,20 @@ class WallClockBudget(pl.Callback):
 
     Files in `dirpath`: `mark_KKK.ckpt` at the first batch end past K * every_s (for K * every_s < budget_s),
     `final.ckpt` when the budget is spent, each with a `.json` beside it (clock, step, epoch).
+
+    `budget_s=None` times a run that ends by its own schedule (a shipped recipe run to its last epoch, as
+    `python -m genface train ... +callbacks.wall_clock_budget...` does for `score_run.py`): no stop, marks as
+    usual, and `final.ckpt` when the trainer finishes its epochs. A run stopped early (the divergence guard sets
+    `trainer.should_stop`) gets no final checkpoint.
     """
 
     def __init__(
-        self, budget_s: float, dirpath: str, every_s: float | None = None, start_s: float = 0.0
+        self, budget_s: float | None, dirpath: str, every_s: float | None = None, start_s: float = 0.0
     ) -> None:
-        if budget_s <= start_s:
+        if budget_s is not None and budget_s <= start_s:
             raise ValueError(f"budget_s={budget_s} leaves no time after start_s={start_s}")
-        self.budget_s, self.every_s, self.dirpath = float(budget_s), every_s, Path(dirpath)
+        self.budget_s = None if budget_s is None else float(budget_s)
+        self.every_s, self.dirpath = every_s, Path(dirpath)
         self.elapsed_s = float(start_s)
         self.last_mark = int(start_s // every_s) if every_s else 0
         #: the clock a checkpoint restored (None: started afresh), for the record of each session
@@ -117,13 +123,17 @@ class WallClockBudget(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         now = time.monotonic()
         self.elapsed_s += now - (self._tick if self._tick is not None else now)
-        if self.elapsed_s >= self.budget_s:
+        if self.budget_s is not None and self.elapsed_s >= self.budget_s:
             self._save(trainer, pl_module, "final", None)
             trainer.should_stop = True
         elif self.every_s and int(self.elapsed_s // self.every_s) > self.last_mark:
             self.last_mark = int(self.elapsed_s // self.every_s)
             self._save(trainer, pl_module, f"mark_{self.last_mark:03d}", self.last_mark * self.every_s)
         self._tick = time.monotonic()  # the writes above are not training time
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.budget_s is None and not trainer.should_stop:  # an unbudgeted run that finished its schedule
+            self._save(trainer, pl_module, "final", None)
 
     def _save(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, mark_s: float | None
