@@ -412,7 +412,7 @@ def report(args: argparse.Namespace, protocol: dict[str, Any], results: dict[str
             {"training minutes": p["elapsed_s"] / 60, family: p["kid_mean"]}
             for p in curve_points(args.out, family)
         ]
-    done = [r for r in results.values() if "fid" in r]
+    done = [results[n] for n in names if "fid" in results.get(n, {})]  # in table order
     ext = done[0]["extractor_protocol"] if done else args.extractor
     low_n = any(r["n_fake"] < r["features"] for r in done)
     title = f"KID ({args.extractor}, {args.n_curve} fakes vs {args.n_fid} reals) vs training time"
