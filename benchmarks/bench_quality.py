@@ -263,9 +263,10 @@ def param_counts(model: Any, stage_one: Any | None) -> dict[str, int]:
 
 
 def score_family(
-    family: str, record: dict[str, Any], datamodule: Any, scorer: Scorer, args
+    family: str, record: dict[str, Any], datamodule: Any, scorer: Scorer, args, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Curve points of the marks, then the final scores; each JSON written as it is known, none recomputed."""
+    """Curve points of the marks, then the final scores; each JSON written as it is known, none recomputed.
+    `extra` joins the result record (score_run.py's `external` and `run_dir`)."""
     from genface.models import load_module
 
     run_dir, folder = Path(record["run_dir"]), args.out / family
@@ -318,10 +319,18 @@ def score_family(
         "sampling": model.sampling_protocol, "sample_s_per_image": seconds / args.n_fid, "sample_batch": args.batch,
         "params": param_counts(model, stage_one),
         "conditional": conditional_accuracy(model, datamodule, args) if model.num_classes else None,
-        "date": date.today().isoformat(), "machine": machine(),
+        "date": date.today().isoformat(), "machine": machine(), **(extra or {}),
     }  # fmt: skip
     write_json(result_path, result)
     return {"scored": [*scored, "final"], **result}
+
+
+def final_checkpoint(out: Path, name: str, result: dict[str, Any]) -> Path:
+    """The sampling stage's final checkpoint of a scored run: under `out/<name>/<stage>/` for the families,
+    in the run's own folder (`run_dir`) for score_run.py's runs."""
+    stage, info = next(reversed(result["stages"].items()))
+    run_dir = Path(result["run_dir"]) if "run_dir" in result else out / name / stage
+    return run_dir / "checkpoints" / "wall" / info["final"]["checkpoint"]
 
 
 def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> Path:
@@ -333,10 +342,7 @@ def sample_grid(name: str, result: dict[str, Any], args: argparse.Namespace) -> 
 
     path = args.out / name / "samples.png"
     if not path.is_file():
-        stage, info = next(reversed(result["stages"].items()))
-        # score_run.py's runs live in their own folder, the families' under `out`
-        run_dir = Path(result["run_dir"]) if "run_dir" in result else args.out / name / stage
-        model = load_module(run_dir / "checkpoints" / "wall" / info["final"]["checkpoint"])
+        model = load_module(final_checkpoint(args.out, name, result))
         images = torch.cat(list(generate_fake_batches(model, GRID_N, args.batch, args.seed)))
         save_grid(images, path, nrow=8)
     return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in protocol.items():
         setattr(args, key, value)
     args.allow_low_n = bench_quality.MODES[args.mode]["allow_low_n"]
-    args.toy = args.mode == "toy"
     args.name = args.name or args.run.name
     if args.name in bench_quality.FAMILIES:
         p.error(f"--name {args.name} is a bench_quality family's row; give the run another name")
@@ -94,7 +92,6 @@ def record_of(run: Path) -> dict[str, Any]:
     return {
         "run_dir": str(run),
         "stages": {"train": {"experiment": experiment, "overrides": recipe, "final": final}},
-        "trained": [],
         "final": final,
         "marks": [m for m in mark_infos(run) if m["name"] != "final"],
         "overrides": overrides,
@@ -117,8 +114,7 @@ def path_picture(name: str, args: argparse.Namespace, result: dict[str, Any]) ->
     from genface.viz.grids import save_png
 
     path = args.out / name / "path.png"
-    model = load_module(Path(result["run_dir"]) / "checkpoints" / "wall" / result["stages"]["train"]["final"][
-        "checkpoint"])  # fmt: skip
+    model = load_module(bench_quality.final_checkpoint(args.out, name, result))
     if not hasattr(model, "generate_with_path"):
         return None
     latents = model.sample_latents(4, generator=torch.Generator().manual_seed(args.seed))
@@ -140,10 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ids and ids != {datamodule.dataset_id}:
         raise SystemExit(f"{args.run}: data {datamodule.dataset_id} differs from {args.out}'s ({ids})")
     scorer = bench_quality.Scorer(args, datamodule, cache_dir)
-    result = bench_quality.score_family(args.name, record, datamodule, scorer, args)
+    extra = {"external": True, "run_dir": str(args.run)}
+    result = bench_quality.score_family(args.name, record, datamodule, scorer, args, extra)
     result.pop("scored")
-    result = {**result, "external": True, "run_dir": str(args.run)}
-    bench_quality.write_json(args.out / args.name / "result.json", result)
     results[args.name] = result
     bench_quality.sample_grid(args.name, result, args)
     path_picture(args.name, args, result)
@@ -157,4 +152,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

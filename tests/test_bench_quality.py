@@ -7,9 +7,11 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from PIL import Image
 
 from genface.models.classifier import Classifier
@@ -127,6 +129,27 @@ def test_toy_run_writes_table_json_plot_and_resumes(tmp_path):
     final = json.loads((run / "checkpoints" / "wall" / "final.json").read_text())
     assert final["elapsed_s"] >= BUDGET_S and final["global_step"] > mark["global_step"]
     assert json.loads((out / "cgan" / "result.json").read_text())["train_s"] == final["elapsed_s"]
+
+
+def test_unbudgeted_clock_writes_its_final_checkpoint_only_at_a_natural_end(tmp_path):
+    """budget_s=None (score_run.py's runs): no stop at any clock, `final.ckpt` when the trainer ends by itself,
+    none when something stopped it early (the divergence guard sets should_stop)."""
+    saved = []
+    trainer = SimpleNamespace(should_stop=False, global_step=7, current_epoch=2,
+                              save_checkpoint=lambda path, weights_only: saved.append(path.name))  # fmt: skip
+    module = SimpleNamespace(state_dict=lambda: {"w": torch.ones(2)})
+    clock = WallClockBudget(budget_s=None, dirpath=str(tmp_path), every_s=1e9)
+    clock.elapsed_s = 1e6
+    clock.on_train_batch_end(trainer, module)
+    assert not trainer.should_stop and saved == []
+    trainer.should_stop = True
+    clock.on_train_end(trainer, module)
+    assert saved == [] and not (tmp_path / "final.json").exists()
+    trainer.should_stop = False
+    clock.on_train_end(trainer, module)
+    assert saved == ["final.ckpt"]
+    info = json.loads((tmp_path / "final.json").read_text())
+    assert (info["budget_s"], info["global_step"], info["epoch"]) == (None, 7, 2)
 
 
 def test_clock_carries_over_a_checkpoint_and_marks_follow_the_total_time(tmp_path):

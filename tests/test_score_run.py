@@ -31,7 +31,7 @@ def clocked_run(run: Path, data: Path, epochs: int) -> subprocess.CompletedProce
                           timeout=300, env=env, cwd=ROOT)  # fmt: skip
 
 
-@pytest.mark.slow  # ~40 s: a toy bench, a CLI training run and its scoring
+@pytest.mark.slow  # ~25 s: a toy bench, a CLI training run and its scoring
 def test_recipe_run_to_its_end_is_scored_into_a_bench_folder(tmp_path):
     out, data, run = tmp_path / "out", tmp_path / "data", tmp_path / "ddgan_run"
     with pytest.raises(SystemExit):  # no bench folder yet: refused before anything is loaded
